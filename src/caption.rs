@@ -1,0 +1,216 @@
+//! The captioning task: a loaded model (encoder + decoder + tokenizer + preprocessing) that turns
+//! a batch of preprocessed images into captions with the shared decode loop.
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::generation::{self, GenerationParams, StopTokens};
+use crate::hub::ModelFiles;
+use crate::models::{self, Architecture, CaptionParts, PromptStyle};
+use crate::preprocess::{Preprocessor, PreprocessorConfig};
+use crate::weights;
+
+/// One caption of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    pub text: String,
+    /// Prompt and generated token ids, end-of-sequence included when reached.
+    pub tokens: Vec<u32>,
+    /// Beam score (length-penalised mean log-probability) when beam search produced it.
+    pub score: Option<f32>,
+}
+
+pub struct Captioner {
+    parts: CaptionParts,
+    tokenizer: Tokenizer,
+    preprocessor: Preprocessor,
+    device: Device,
+    dtype: DType,
+    name: String,
+}
+
+pub fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
+    let path = files.get("tokenizer.json")?;
+    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+}
+
+impl Captioner {
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let name = files.source().name();
+        let config = read_json(&files.get("config.json")?)?;
+        let arch = Architecture::from_config(&config, &name)?;
+        let vb = weights::var_builder(&files.weights()?, dtype, device)?;
+        let parts = match &arch {
+            Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
+        };
+        let preprocessor = match files.get_optional("preprocessor_config.json")? {
+            Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?)?,
+            None => Preprocessor::new(PreprocessorConfig::square(parts.image_size))?,
+        };
+        let tokenizer = load_tokenizer(files)?;
+        Ok(Self { parts, tokenizer, preprocessor, device: device.clone(), dtype, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    pub fn stop_tokens(&self) -> &StopTokens {
+        &self.parts.stop
+    }
+
+    /// The decoder's starting ids for an optional text prompt.
+    pub fn prompt_ids(&self, prompt: Option<&str>) -> Result<Vec<u32>> {
+        match &self.parts.prompt {
+            PromptStyle::ReplaceFirstDropLast { bos } => {
+                let Some(text) = prompt else { return Ok(vec![*bos]) };
+                let enc = self
+                    .tokenizer
+                    .encode(text, true)
+                    .map_err(|e| Error::Options(format!("cannot tokenize prompt {text:?}: {e}")))?;
+                let mut ids = enc.get_ids().to_vec();
+                if ids.len() < 2 {
+                    return Err(Error::Options(format!("prompt {text:?} tokenizes to nothing")));
+                }
+                ids[0] = *bos;
+                ids.pop();
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Resolves `max_new_tokens` when the user gave none: transformers' default total length.
+    pub fn default_max_new_tokens(&self, prompt_len: usize) -> usize {
+        self.parts.default_max_length.saturating_sub(prompt_len).max(1)
+    }
+
+    /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
+    pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
+        let (h, w) = self.preprocessor.output_size();
+        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (pixels.len(), 3, h as usize, w as usize), &self.device)?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// Image features `[batch, positions, dim]`.
+    pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.parts.encoder.encode(&pixels.to_dtype(self.dtype)?)
+    }
+
+    /// Captions for a batch: `num_return_sequences` per image, in order.
+    pub fn caption(
+        &self,
+        pixels: &Tensor,
+        prompt_ids: &[u32],
+        params: &GenerationParams,
+        seeds: &[u64],
+    ) -> Result<Vec<Vec<Caption>>> {
+        let features = self.encode(pixels)?;
+        let generated = generation::generate(
+            self.parts.decoder.as_ref(),
+            &features,
+            prompt_ids,
+            params,
+            &self.parts.stop,
+            seeds,
+        )?;
+        generated
+            .into_iter()
+            .map(|per_image| {
+                per_image
+                    .into_iter()
+                    .map(|g| {
+                        Ok(Caption { text: self.decode(&g.tokens)?, tokens: g.tokens, score: g.score })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Token ids to text, special tokens skipped, as `processor.decode(skip_special_tokens=True)`.
+    pub fn decode(&self, tokens: &[u32]) -> Result<String> {
+        let text = self
+            .tokenizer
+            .decode(tokens, true)
+            .map_err(|e| Error::Options(format!("cannot decode tokens: {e}")))?;
+        Ok(text.trim().to_string())
+    }
+}
+
+/// Captioning as a runner stage: fields `caption` (and `captions`, `score` when asked for).
+pub struct CaptionStage {
+    pub captioner: Captioner,
+    pub prompt_ids: Vec<u32>,
+    pub params: GenerationParams,
+}
+
+impl CaptionStage {
+    /// Resolves the prompt and the default length once, before the run.
+    pub fn new(captioner: Captioner, prompt: Option<&str>, mut params: GenerationParams, max_new_tokens: Option<usize>) -> Result<Self> {
+        let prompt_ids = captioner.prompt_ids(prompt)?;
+        params.max_new_tokens =
+            max_new_tokens.unwrap_or_else(|| captioner.default_max_new_tokens(prompt_ids.len()));
+        params.validate()?;
+        Ok(Self { captioner, prompt_ids, params })
+    }
+}
+
+impl crate::runner::Stage for CaptionStage {
+    fn preprocessor(&self) -> &Preprocessor {
+        self.captioner.preprocessor()
+    }
+
+    fn run(
+        &mut self,
+        batch: &[crate::runner::Prepared],
+        index: usize,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let pixels: Vec<Vec<f32>> = batch.iter().map(|p| p.pixels[index].clone()).collect();
+        let tensor = self.captioner.pixels_to_tensor(&pixels)?;
+        let seeds: Vec<u64> =
+            batch.iter().map(|p| generation::seed_for(self.params.seed, &p.input.display)).collect();
+        let captions = self.captioner.caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
+        Ok(captions
+            .into_iter()
+            .map(|caps| {
+                let mut fields = serde_json::Map::new();
+                if let Some(best) = caps.first() {
+                    fields.insert("caption".into(), best.text.clone().into());
+                    if let Some(score) = best.score {
+                        fields.insert("score".into(), f64::from(score).into());
+                    }
+                }
+                if caps.len() > 1 {
+                    let all: Vec<serde_json::Value> = caps.iter().map(|c| c.text.clone().into()).collect();
+                    fields.insert("captions".into(), all.into());
+                }
+                fields
+            })
+            .collect())
+    }
+}
+
+impl Captioner {
+    /// Logits of the first generated position for `features` and a prompt, `[batch, vocab]`:
+    /// the float-level check against transformers' decoder.
+    pub fn first_step_logits(&self, features: &Tensor, prompt_ids: &[u32]) -> Result<Tensor> {
+        let decoder = self.parts.decoder.as_ref();
+        let mut cache = decoder.new_cache(features)?;
+        let b = features.dim(0)?;
+        let ids = Tensor::new(prompt_ids, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
+        Ok(decoder.forward(&ids, &mut cache)?.to_dtype(DType::F32)?)
+    }
+}

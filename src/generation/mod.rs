@@ -1,0 +1,258 @@
+//! The one decode loop every text decoder shares: greedy, sampling and beam search over a
+//! batch of encoder outputs, with a KV cache whose cross-attention keys/values are computed once
+//! per image and rows dropped from the batch as soon as they finish.
+//!
+//! Semantics follow transformers' `GenerationMixin.generate` (`_sample`, `_beam_search`).
+
+mod beam;
+pub mod logits;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Per-layer cached keys/values, shape `[rows, heads, len, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    pub self_kv: Option<(Tensor, Tensor)>,
+    pub cross_kv: Option<(Tensor, Tensor)>,
+}
+
+/// A decoder's state across steps: one entry per layer plus the number of cached positions.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub seq_len: usize,
+}
+
+impl KvCache {
+    /// Keeps (and reorders, or repeats) rows: `rows` is a u32 index tensor into dimension 0.
+    pub fn select(&mut self, rows: &Tensor) -> Result<()> {
+        let pick = |t: &Tensor| t.index_select(rows, 0);
+        for layer in &mut self.layers {
+            if let Some((k, v)) = &layer.self_kv {
+                layer.self_kv = Some((pick(k)?, pick(v)?));
+            }
+            if let Some((k, v)) = &layer.cross_kv {
+                layer.cross_kv = Some((pick(k)?, pick(v)?));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a text decoder provides to the decode loop.
+pub trait TextDecoder: Send + Sync {
+    /// A fresh cache for a batch of encoder outputs `[rows, positions, dim]`; cross-attention
+    /// keys and values are computed here, once.
+    fn new_cache(&self, encoder_hidden: &Tensor) -> Result<KvCache>;
+
+    /// Feeds `ids` `[rows, n]` after the cached positions and returns the logits of the last
+    /// position, `[rows, vocab]`.
+    fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+
+    fn device(&self) -> &Device;
+}
+
+/// `generation_config`'s `early_stopping`: `False` (heuristic), `True`, or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyStopping {
+    #[default]
+    Heuristic,
+    Always,
+    Never,
+}
+
+/// Decoding options, with transformers' defaults.
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub num_beams: usize,
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
+    pub do_sample: bool,
+    pub temperature: f32,
+    /// 0 disables top-k filtering.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub num_return_sequences: usize,
+    pub seed: u64,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            min_new_tokens: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            num_return_sequences: 1,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerationParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Options(m.to_string()));
+        if self.num_beams == 0 {
+            return bad("--num-beams must be at least 1");
+        }
+        if self.num_return_sequences == 0 {
+            return bad("--num-return-sequences must be at least 1");
+        }
+        if !self.do_sample && self.num_return_sequences > self.num_beams {
+            return bad("--num-return-sequences cannot exceed --num-beams without --do-sample");
+        }
+        if self.do_sample && self.num_beams > 1 {
+            return bad("beam sampling is not supported: use --do-sample or --num-beams, not both");
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            return bad("--min-new-tokens cannot exceed --max-new-tokens");
+        }
+        if self.do_sample && self.temperature <= 0.0 {
+            return bad("--temperature must be positive");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("--top-p must be in (0, 1]");
+        }
+        if self.repetition_penalty <= 0.0 {
+            return bad("--repetition-penalty must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Token ids that end or pad a sequence.
+#[derive(Debug, Clone)]
+pub struct StopTokens {
+    pub eos: Vec<u32>,
+    pub pad: u32,
+}
+
+/// One generated sequence: the prompt followed by new tokens (end-of-sequence included when
+/// reached, no padding), and the beam score where beam search produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub score: Option<f32>,
+}
+
+/// Generates for each row of `encoder_hidden` (`[images, positions, dim]`), starting from
+/// `prompt`. `seeds` gives each image its own sampling stream, so results do not depend on how
+/// images are batched. Returns `num_return_sequences` sequences per image.
+pub fn generate(
+    decoder: &dyn TextDecoder,
+    encoder_hidden: &Tensor,
+    prompt: &[u32],
+    params: &GenerationParams,
+    stop: &StopTokens,
+    seeds: &[u64],
+) -> Result<Vec<Vec<Generated>>> {
+    params.validate()?;
+    if params.num_beams > 1 {
+        return beam::beam_search(decoder, encoder_hidden, prompt, params, stop);
+    }
+    let images = encoder_hidden.dim(0)?;
+    let n = if params.do_sample { params.num_return_sequences } else { 1 };
+    let mut cache = decoder.new_cache(encoder_hidden)?;
+    // Row r belongs to image r / n.
+    let rows = images * n;
+    if n > 1 {
+        let repeat: Vec<u32> = (0..rows as u32).map(|r| r / n as u32).collect();
+        cache.select(&Tensor::new(repeat, decoder.device())?)?;
+    }
+    let mut rngs: Vec<Rng> = (0..rows)
+        .map(|r| Rng::new(seeds.get(r / n).copied().unwrap_or(0) ^ (r % n) as u64))
+        .collect();
+    let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); rows];
+    let mut active: Vec<usize> = (0..rows).collect();
+    let mut input = Tensor::new(prompt, decoder.device())?
+        .unsqueeze(0)?
+        .repeat((rows, 1))?;
+    for step in 0..params.max_new_tokens {
+        let logits = decoder.forward(&input, &mut cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next = Vec::with_capacity(active.len());
+        for (row, mut scores) in logits.into_iter().enumerate() {
+            let seq = active[row];
+            logits::process(&mut scores, &seqs[seq], step, params, &stop.eos);
+            let token = if params.do_sample {
+                logits::warp(&mut scores, params);
+                rngs[seq].sample(&logits::softmax(&scores))
+            } else {
+                logits::argmax(&scores)
+            };
+            seqs[seq].push(token);
+            if !stop.eos.contains(&token) {
+                keep.push(row as u32);
+                next.push(token);
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache.select(&Tensor::new(keep.as_slice(), decoder.device())?)?;
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+        }
+        input = Tensor::new(next, decoder.device())?.unsqueeze(1)?;
+    }
+    let mut out: Vec<Vec<Generated>> = vec![Vec::with_capacity(n); images];
+    for (r, tokens) in seqs.into_iter().enumerate() {
+        out[r / n].push(Generated { tokens, score: None });
+    }
+    Ok(out)
+}
+
+/// A small, fast, seedable generator (SplitMix64): reproducible sampling without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Draws an index from a probability vector.
+    fn sample(&mut self, probs: &[f32]) -> u32 {
+        let mut target = self.next_f32() * probs.iter().sum::<f32>();
+        let mut last = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                last = i;
+                if target < p {
+                    return i as u32;
+                }
+                target -= p;
+            }
+        }
+        last as u32
+    }
+}
+
+/// A 64-bit FNV-1a hash, to derive a per-image seed from its name.
+pub fn seed_for(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

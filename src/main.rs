@@ -1,0 +1,150 @@
+//! The `glance` command line: thin glue over the library.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use cli::{CaptionArgs, Cli, Command, DownloadArgs, OutputArgs, RunArgs};
+use glance::caption::{CaptionStage, Captioner};
+use glance::generation::GenerationParams;
+use glance::hub::{ModelFiles, ModelSource};
+use glance::inputs::{collect_inputs, InputSpec};
+use glance::output::{open_sink, Format, OutputOptions, Record};
+use glance::runner::{self, RunOptions, RunReport, Stage};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Caption(args) => caption(args),
+        Command::Download(args) => download(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn caption(args: CaptionArgs) -> Result<ExitCode> {
+    let g = &args.generation;
+    let params = GenerationParams {
+        min_new_tokens: g.min_new_tokens,
+        num_beams: g.num_beams,
+        length_penalty: g.length_penalty,
+        do_sample: g.do_sample,
+        temperature: g.temperature,
+        top_k: g.top_k,
+        top_p: g.top_p,
+        repetition_penalty: g.repetition_penalty,
+        num_return_sequences: g.num_return_sequences,
+        seed: g.seed,
+        ..GenerationParams::default()
+    };
+    let output = output_options(&args.output, &["file", "caption", "error"], "caption")?;
+    let (device, dtype) = open_device(&args.device)?;
+    let files = model_files(&args.model, cli::DEFAULT_CAPTION_MODEL)?;
+    let captioner = Captioner::load(&files, &device, dtype)
+        .with_context(|| format!("loading {}", files.source().name()))?;
+    if !args.run.quiet {
+        eprintln!(
+            "glance: {} on {} ({dtype:?})",
+            captioner.name(),
+            glance::device::describe(&device)
+        );
+    }
+    let mut stage = CaptionStage::new(captioner, g.prompt.as_deref(), params, g.max_new_tokens)?;
+    let report = run_stages(&args.run, &output, &mut [&mut stage])?;
+    Ok(exit_code(&report, args.run.quiet))
+}
+
+fn download(args: DownloadArgs) -> Result<ExitCode> {
+    let files = ModelFiles::new(ModelSource::parse(&args.model, args.revision.as_deref()))?;
+    let paths = glance::hub::download(&files)?;
+    for p in paths {
+        println!("{}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn model_files(args: &cli::ModelArgs, default: &str) -> Result<ModelFiles> {
+    let model = args.model.as_deref().unwrap_or(default);
+    Ok(ModelFiles::new(ModelSource::parse(model, args.revision.as_deref()))?)
+}
+
+fn open_device(args: &cli::DeviceArgs) -> Result<(candle_core::Device, candle_core::DType)> {
+    let device = glance::device::open(args.device)?;
+    let dtype = glance::device::dtype(args.dtype, &device);
+    Ok((device, dtype))
+}
+
+fn output_options(args: &OutputArgs, csv_columns: &[&str], text_field: &str) -> Result<OutputOptions> {
+    let format = match (args.format, &args.output) {
+        (Some(f), _) => f,
+        (None, Some(path)) => Format::from_path(path)?,
+        (None, None) => Format::Jsonl,
+    };
+    Ok(OutputOptions {
+        format,
+        path: args.output.clone(),
+        csv_columns: csv_columns.iter().map(|s| s.to_string()).collect(),
+        text_field: text_field.to_string(),
+        sidecar_ext: args.sidecar_ext.clone(),
+        existing: args.existing,
+        resume: args.resume,
+    })
+}
+
+fn run_stages(run: &RunArgs, output: &OutputOptions, stages: &mut [&mut dyn Stage]) -> Result<RunReport> {
+    let spec = InputSpec { args: run.inputs.clone(), shard: run.shard };
+    let (inputs, missing) = collect_inputs(&spec, std::io::stdin().lock())?;
+    let early: Vec<Record> = missing
+        .into_iter()
+        .map(|e| Record::new(e.display).with_error(e.message))
+        .collect();
+    let (sink, resume) = open_sink(output)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let opts = RunOptions {
+        batch_size: run.batch_size,
+        max_image_pixels: run.max_image_pixels,
+        progress: !run.quiet,
+        decode_threads: threads.div_ceil(2),
+    };
+    runner::run(inputs, early, stages, &resume, sink, &opts)
+}
+
+/// 0 when every input succeeded, 1 when some failed (the summary names them).
+fn exit_code(report: &RunReport, quiet: bool) -> ExitCode {
+    if report.broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    let s = &report.summary;
+    if !quiet {
+        let rate = report.processed as f64 / report.seconds.max(1e-9);
+        let mut line = format!(
+            "glance: {} done, {} failed in {:.1}s ({rate:.2} images/s)",
+            s.written, s.errors, report.seconds
+        );
+        if report.resumed > 0 {
+            line.push_str(&format!(", {} already done", report.resumed));
+        }
+        if s.skipped > 0 {
+            line.push_str(&format!(", {} sidecars left as they were", s.skipped));
+        }
+        eprintln!("{line}");
+        let show = if std::io::stderr().is_terminal() { 10 } else { usize::MAX };
+        for f in s.failures.iter().take(show) {
+            eprintln!("  failed: {}: {}", f.file, f.error);
+        }
+    }
+    if s.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

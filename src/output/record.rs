@@ -1,0 +1,170 @@
+//! The result record of one input, and how its values turn into text (sidecars, captions, CSV cells).
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+/// One result per input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    /// The input as displayed to the user (see `inputs::Input::display`).
+    pub file: String,
+    /// The image on disk; sidecars are written next to it (falls back to `file` when `None`).
+    /// Not serialized.
+    pub path: Option<PathBuf>,
+    /// Task outputs in insertion order ("caption", "label", "score", "labels", "width", "height", ...).
+    /// Keys `file` and `error` are reserved and not serialized from here.
+    pub fields: Map<String, Value>,
+    pub error: Option<String>,
+}
+
+impl Record {
+    pub fn new(file: impl Into<String>) -> Self {
+        Record {
+            file: file.into(),
+            ..Record::default()
+        }
+    }
+
+    pub fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    pub fn with_field(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.fields.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// `{"file": .., <fields..>, "error": ..}`, `"error"` only when there is one.
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::with_capacity(self.fields.len() + 2);
+        obj.insert("file".into(), Value::String(self.file.clone()));
+        for (k, v) in &self.fields {
+            if k != "file" && k != "error" {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(e) = &self.error {
+            obj.insert("error".into(), Value::String(e.clone()));
+        }
+        Value::Object(obj)
+    }
+
+    /// Inverse of [`Record::to_json`]; `None` unless `value` is an object with a string `file`.
+    /// A null `error` counts as no error; a non-string one is kept as JSON text.
+    pub fn from_json(value: &Value) -> Option<Record> {
+        let obj = value.as_object()?;
+        let file = obj.get("file")?.as_str()?.to_string();
+        let mut rec = Record::new(file);
+        for (k, v) in obj {
+            match k.as_str() {
+                "file" => {}
+                "error" => {
+                    rec.error = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        other => Some(other.to_string()),
+                    }
+                }
+                _ => {
+                    rec.fields.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Some(rec)
+    }
+}
+
+/// The text of a field for a sidecar or a caption: strings as-is, numbers and booleans printed, arrays joined
+/// by ", " (an object with a string "label" gives its label), other objects as JSON; `None` for null.
+pub fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(value_text)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Value::Object(obj) => match obj.get("label") {
+            Some(Value::String(label)) => Some(label.clone()),
+            _ => Some(value.to_string()),
+        },
+    }
+}
+
+/// The CSV cell of `column` for `rec` (see the module docs).
+pub fn csv_cell(rec: &Record, column: &str) -> String {
+    match column {
+        "file" => rec.file.clone(),
+        "error" => rec.error.clone().unwrap_or_default(),
+        _ => match rec.fields.get(column) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_json_round_trip_and_reserved_keys() {
+        let rec = Record::new("a.jpg")
+            .with_field("caption", "x")
+            .with_field("file", "shadow")
+            .with_field("score", 0.5)
+            .with_error("late");
+        let v = rec.to_json();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"file":"a.jpg","caption":"x","score":0.5,"error":"late"}"#
+        );
+        let back = Record::from_json(&v).unwrap();
+        assert_eq!(back.file, "a.jpg");
+        assert_eq!(back.error.as_deref(), Some("late"));
+        assert_eq!(back.fields.keys().collect::<Vec<_>>(), ["caption", "score"]);
+        assert!(Record::from_json(&json!({"file": 3})).is_none());
+        assert!(Record::from_json(&json!({"file": "a", "error": null}))
+            .unwrap()
+            .is_ok());
+    }
+
+    #[test]
+    fn text_and_cells() {
+        assert_eq!(value_text(&json!("a")).as_deref(), Some("a"));
+        assert_eq!(value_text(&json!(0.5)).as_deref(), Some("0.5"));
+        assert_eq!(value_text(&json!(["a", "b"])).as_deref(), Some("a, b"));
+        assert_eq!(
+            value_text(&json!([{"label": "cat", "score": 1}, {"label": "dog"}])).as_deref(),
+            Some("cat, dog")
+        );
+        assert_eq!(value_text(&json!(null)), None);
+        let rec = Record::new("f")
+            .with_field("n", 3)
+            .with_field("s", "t")
+            .with_field("o", json!({"a": [1]}));
+        assert_eq!(csv_cell(&rec, "file"), "f");
+        assert_eq!(csv_cell(&rec, "error"), "");
+        assert_eq!(csv_cell(&rec, "n"), "3");
+        assert_eq!(csv_cell(&rec, "s"), "t");
+        assert_eq!(csv_cell(&rec, "o"), r#"{"a":[1]}"#);
+        assert_eq!(csv_cell(&rec, "missing"), "");
+    }
+}

@@ -1,0 +1,259 @@
+//! Image preprocessing driven by `preprocessor_config.json`, following transformers' slow
+//! (PIL-based) image processors: resize → center crop → rescale → normalize, channels first.
+
+use std::path::Path;
+
+use image::RgbImage;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+mod resample;
+pub use resample::Filter;
+
+/// A size as transformers writes it: `{"height", "width"}`, `{"shortest_edge"}` or a bare int.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    HeightWidth { height: u32, width: u32 },
+    ShortestEdge { shortest_edge: u32 },
+    Square(u32),
+}
+
+/// The subset of `preprocessor_config.json` that decides pixel values.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreprocessorConfig {
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    pub size: Option<SizeSpec>,
+    /// PIL resample code: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming.
+    #[serde(default = "bicubic")]
+    pub resample: u8,
+    #[serde(default)]
+    pub do_center_crop: bool,
+    pub crop_size: Option<SizeSpec>,
+    /// ConvNeXt-style: resize the shortest edge to `size / crop_pct`, then crop `size`.
+    pub crop_pct: Option<f64>,
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    #[serde(default = "one_over_255")]
+    pub rescale_factor: f64,
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    pub image_mean: Option<Vec<f32>>,
+    pub image_std: Option<Vec<f32>>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> u8 {
+    3
+}
+fn one_over_255() -> f64 {
+    1.0 / 255.0
+}
+
+/// ImageNet statistics, transformers' `IMAGENET_DEFAULT_MEAN/STD`, used when a config is silent.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl PreprocessorConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+    }
+
+    /// A processor for models that ship no `preprocessor_config.json`: a square resize.
+    pub fn square(size: u32) -> Self {
+        Self {
+            do_resize: true,
+            size: Some(SizeSpec::HeightWidth { height: size, width: size }),
+            resample: 3,
+            do_center_crop: false,
+            crop_size: None,
+            crop_pct: None,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: None,
+            image_std: None,
+        }
+    }
+}
+
+/// Turns RGB images into normalized CHW float pixels of a fixed size.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    cfg: PreprocessorConfig,
+    filter: Filter,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out_height: u32,
+    out_width: u32,
+}
+
+fn three(values: &Option<Vec<f32>>, default: [f32; 3], what: &str) -> Result<[f32; 3]> {
+    match values {
+        None => Ok(default),
+        Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+        Some(v) if v.len() == 1 => Ok([v[0]; 3]),
+        Some(v) => Err(Error::Options(format!("{what} has {} values, expected 3", v.len()))),
+    }
+}
+
+impl Preprocessor {
+    pub fn new(cfg: PreprocessorConfig) -> Result<Self> {
+        let filter = Filter::from_pil_code(cfg.resample)
+            .ok_or_else(|| Error::Options(format!("unknown resample code {}", cfg.resample)))?;
+        let mean = three(&cfg.image_mean, IMAGENET_MEAN, "image_mean")?;
+        let std = three(&cfg.image_std, IMAGENET_STD, "image_std")?;
+        let (out_height, out_width) = match (cfg.do_center_crop, cfg.crop_size, cfg.size) {
+            (true, Some(crop), _) => fixed_size(crop)?,
+            (_, _, Some(size)) => fixed_size(size)?,
+            _ => return Err(Error::Options("preprocessor config has no size".into())),
+        };
+        Ok(Self { cfg, filter, mean, std, out_height, out_width })
+    }
+
+    /// (height, width) of the pixel tensor this processor produces.
+    pub fn output_size(&self) -> (u32, u32) {
+        (self.out_height, self.out_width)
+    }
+
+    /// Pixel values in CHW order, `3 * height * width` floats.
+    pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
+        let resized = self.resize(image);
+        let cropped = self.center_crop(resized);
+        self.normalize(&cropped)
+    }
+
+    /// Matches `BaseImageProcessor.resize` with `get_resize_output_image_size`.
+    fn resize(&self, image: &RgbImage) -> RgbImage {
+        if !self.cfg.do_resize {
+            return image.clone();
+        }
+        let (w, h) = image.dimensions();
+        let (th, tw) = match self.cfg.size {
+            Some(SizeSpec::HeightWidth { height, width }) => (height, width),
+            Some(SizeSpec::Square(s)) if !self.cfg.do_center_crop => (s, s),
+            Some(SizeSpec::ShortestEdge { shortest_edge: s }) | Some(SizeSpec::Square(s)) => {
+                let s = match self.cfg.crop_pct {
+                    Some(pct) if s < 384 => (f64::from(s) / pct) as u32,
+                    _ => s,
+                };
+                shortest_edge_size(h, w, s)
+            }
+            None => (h, w),
+        };
+        if (th, tw) == (h, w) {
+            return image.clone();
+        }
+        resample::resize(image, tw, th, self.filter)
+    }
+
+    /// Matches transformers' `center_crop` for images at least as large as the crop.
+    fn center_crop(&self, image: RgbImage) -> RgbImage {
+        let (w, h) = image.dimensions();
+        if (h, w) == (self.out_height, self.out_width) {
+            return image;
+        }
+        let (ch, cw) = (self.out_height, self.out_width);
+        let mut out = RgbImage::from_pixel(cw, ch, image::Rgb([0, 0, 0]));
+        // transformers pads with zeros when the image is smaller than the crop.
+        let top = (i64::from(h) - i64::from(ch)) / 2;
+        let left = (i64::from(w) - i64::from(cw)) / 2;
+        for y in 0..ch {
+            let sy = i64::from(y) + top;
+            if sy < 0 || sy >= i64::from(h) {
+                continue;
+            }
+            for x in 0..cw {
+                let sx = i64::from(x) + left;
+                if sx < 0 || sx >= i64::from(w) {
+                    continue;
+                }
+                out.put_pixel(x, y, *image.get_pixel(sx as u32, sy as u32));
+            }
+        }
+        out
+    }
+
+    fn normalize(&self, image: &RgbImage) -> Vec<f32> {
+        let (w, h) = image.dimensions();
+        let plane = (w * h) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        let factor = if self.cfg.do_rescale { self.cfg.rescale_factor } else { 1.0 };
+        let (mean, std) = if self.cfg.do_normalize {
+            (self.mean, self.std)
+        } else {
+            ([0.0; 3], [1.0; 3])
+        };
+        for (i, px) in image.pixels().enumerate() {
+            for c in 0..3 {
+                // transformers rescales in float64, then normalizes in float32.
+                let x = (f64::from(px[c]) * factor) as f32;
+                out[c * plane + i] = (x - mean[c]) / std[c];
+            }
+        }
+        out
+    }
+}
+
+fn fixed_size(size: SizeSpec) -> Result<(u32, u32)> {
+    match size {
+        SizeSpec::HeightWidth { height, width } => Ok((height, width)),
+        SizeSpec::Square(s) => Ok((s, s)),
+        SizeSpec::ShortestEdge { .. } => Err(Error::Options(
+            "a shortest_edge size needs a crop_size to give a fixed output size".into(),
+        )),
+    }
+}
+
+/// (height, width) with the shorter side set to `short`, the longer scaled and truncated, as
+/// `get_resize_output_image_size(default_to_square=False)` does.
+fn shortest_edge_size(h: u32, w: u32, short: u32) -> (u32, u32) {
+    let (small, large) = if w <= h { (w, h) } else { (h, w) };
+    let long = (f64::from(short) * f64::from(large) / f64::from(small)) as u32;
+    if w <= h {
+        (long, short)
+    } else {
+        (short, long)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_forms_parse() {
+        let hw: SizeSpec = serde_json::from_str(r#"{"height": 384, "width": 384}"#).unwrap();
+        assert_eq!(hw, SizeSpec::HeightWidth { height: 384, width: 384 });
+        let se: SizeSpec = serde_json::from_str(r#"{"shortest_edge": 224}"#).unwrap();
+        assert_eq!(se, SizeSpec::ShortestEdge { shortest_edge: 224 });
+        let sq: SizeSpec = serde_json::from_str("224").unwrap();
+        assert_eq!(sq, SizeSpec::Square(224));
+    }
+
+    #[test]
+    fn shortest_edge_truncates_the_long_side() {
+        assert_eq!(shortest_edge_size(480, 640, 224), (224, 298));
+        assert_eq!(shortest_edge_size(640, 480, 224), (298, 224));
+    }
+
+    #[test]
+    fn clip_style_config_resizes_then_crops() {
+        let cfg: PreprocessorConfig = serde_json::from_str(
+            r#"{"size": {"shortest_edge": 8}, "do_center_crop": true, "crop_size": {"height": 8, "width": 8},
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}"#,
+        )
+        .unwrap();
+        let p = Preprocessor::new(cfg).unwrap();
+        let img = RgbImage::from_pixel(32, 16, image::Rgb([255, 0, 128]));
+        let px = p.apply(&img);
+        assert_eq!(px.len(), 3 * 8 * 8);
+        assert!((px[0] - 1.0).abs() < 1e-6);
+        assert!((px[64] + 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,242 @@
+//! The folder runner: inputs → parallel decode + preprocess (overlapping inference) → batches
+//! through one or more stages → records in input order → a sink. Per-input failures become
+//! error records; the run goes on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+
+use crate::inputs::Input;
+use crate::output::{is_broken_pipe, Record, RecordSink, ResumeState, Summary};
+use crate::preprocess::Preprocessor;
+
+/// One image ready for the stages: its pixels for each stage's preprocessor.
+pub struct Prepared {
+    pub input: Input,
+    pub width: u32,
+    pub height: u32,
+    /// The decoded image, shared by stages that need more than fixed-size pixels.
+    pub image: Arc<RgbImage>,
+    /// `pixels[s]` is the CHW buffer for stage `s`.
+    pub pixels: Vec<Vec<f32>>,
+}
+
+/// A step of a run: turns a batch of prepared images into record fields, one map per image.
+pub trait Stage {
+    fn preprocessor(&self) -> &Preprocessor;
+    /// `index` is this stage's position, i.e. which `Prepared::pixels` entry is its own.
+    fn run(&mut self, batch: &[Prepared], index: usize) -> crate::Result<Vec<Map<String, Value>>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub batch_size: usize,
+    pub max_image_pixels: u64,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Threads for decoding and preprocessing.
+    pub decode_threads: usize,
+}
+
+/// What happened, for the exit status and the final line.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub summary: Summary,
+    /// Inputs skipped because a previous run (or an existing sidecar) already did them.
+    pub resumed: usize,
+    pub processed: usize,
+    pub seconds: f64,
+    /// Standard output was closed early (e.g. piped into `head`).
+    pub broken_pipe: bool,
+}
+
+enum Item {
+    Ready(Prepared),
+    Failed(Record),
+}
+
+/// Runs `stages` over `inputs`, writing one record per input to `sink`; `early` are records for
+/// arguments that already failed (missing files), written first.
+pub fn run(
+    inputs: Vec<Input>,
+    early: Vec<Record>,
+    stages: &mut [&mut dyn Stage],
+    resume: &ResumeState,
+    sink: Box<dyn RecordSink + Send>,
+    opts: &RunOptions,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let mut sink = sink;
+    let mut report = RunReport::default();
+    let todo: Vec<Input> = inputs
+        .into_iter()
+        .filter(|i| {
+            let done = resume.is_done(&i.display, &i.path);
+            report.resumed += usize::from(done);
+            !done
+        })
+        .collect();
+    let bar = progress_bar(todo.len() as u64, opts.progress);
+    for rec in early.into_iter().filter(|r| !resume.done.contains(&r.file)) {
+        if !write(&mut sink, &rec, &mut report)? {
+            return finish(sink, report, started, &bar);
+        }
+    }
+
+    let preprocessors: Vec<Preprocessor> = stages.iter().map(|s| s.preprocessor().clone()).collect();
+    let batch_size = opts.batch_size.max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.decode_threads.max(1))
+        .thread_name(|i| format!("glance-decode-{i}"))
+        .build()
+        .context("starting decode threads")?;
+    let max_pixels = opts.max_image_pixels;
+    // Decoding of the next batches overlaps inference on the current one.
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Item>>(2);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for chunk in todo.chunks(batch_size) {
+                let items: Vec<Item> = pool.install(|| {
+                    chunk.par_iter().map(|input| prepare(input, &preprocessors, max_pixels)).collect()
+                });
+                if tx.send(items).is_err() {
+                    break;
+                }
+            }
+        });
+        for items in rx.iter() {
+            let (ready, order): (Vec<Prepared>, Vec<Option<Record>>) = split(items);
+            let mut fields = vec![Map::new(); ready.len()];
+            let mut batch_error: Option<String> = None;
+            for (s, stage) in stages.iter_mut().enumerate() {
+                if ready.is_empty() {
+                    break;
+                }
+                match stage.run(&ready, s) {
+                    Ok(out) => {
+                        for (f, o) in fields.iter_mut().zip(out) {
+                            f.extend(o);
+                        }
+                    }
+                    Err(e) => {
+                        batch_error = Some(format!("model failed on this batch: {e}"));
+                        break;
+                    }
+                }
+            }
+            let mut ready_iter = ready.into_iter().zip(fields);
+            for slot in order {
+                let rec = match slot {
+                    Some(failed) => failed,
+                    None => {
+                        let (p, f) = ready_iter.next().expect("one prepared image per empty slot");
+                        let rec = Record::new(p.input.display.clone()).with_path(p.input.path.clone());
+                        match &batch_error {
+                            Some(e) => rec.with_error(e.clone()),
+                            None => {
+                                let mut rec = rec;
+                                rec.fields = f;
+                                rec.fields.insert("width".into(), p.width.into());
+                                rec.fields.insert("height".into(), p.height.into());
+                                rec
+                            }
+                        }
+                    }
+                };
+                report.processed += 1;
+                bar.inc(1);
+                if !write(&mut sink, &rec, &mut report)? {
+                    // Dropping the receiver stops the decoder thread.
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    })?;
+    finish(sink, report, started, &bar)
+}
+
+fn finish(
+    sink: Box<dyn RecordSink + Send>,
+    mut report: RunReport,
+    started: Instant,
+    bar: &ProgressBar,
+) -> Result<RunReport> {
+    bar.finish_and_clear();
+    match sink.finish() {
+        Ok(summary) => report.summary = summary,
+        Err(e) if is_broken_pipe(&e) => report.broken_pipe = true,
+        Err(e) => return Err(e),
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes one record; `Ok(false)` when stdout was closed and the run should stop quietly.
+fn write(sink: &mut Box<dyn RecordSink + Send>, rec: &Record, report: &mut RunReport) -> Result<bool> {
+    match sink.write(rec) {
+        Ok(()) => Ok(true),
+        Err(e) if is_broken_pipe(&e) => {
+            report.broken_pipe = true;
+            Ok(false)
+        }
+        Err(e) => Err(e.context(format!("writing the record for {}", rec.file))),
+    }
+}
+
+/// Splits a batch into the images to run and, in input order, `None` for each of those or the
+/// error record of an input that could not be prepared.
+fn split(items: Vec<Item>) -> (Vec<Prepared>, Vec<Option<Record>>) {
+    let mut ready = Vec::new();
+    let mut order = Vec::new();
+    for item in items {
+        match item {
+            Item::Ready(p) => {
+                ready.push(p);
+                order.push(None);
+            }
+            Item::Failed(r) => order.push(Some(r)),
+        }
+    }
+    (ready, order)
+}
+
+fn prepare(input: &Input, preprocessors: &[Preprocessor], max_pixels: u64) -> Item {
+    // A panic in a decoder is a bug in a dependency; it must not take the run down.
+    let decoded = std::panic::catch_unwind(|| crate::image_io::decode(&input.path, max_pixels))
+        .unwrap_or_else(|_| Err("the image decoder crashed on this file".to_string()));
+    match decoded {
+        Ok(d) => {
+            let pixels = preprocessors.iter().map(|p| p.apply(&d.rgb)).collect();
+            Item::Ready(Prepared {
+                input: input.clone(),
+                width: d.width,
+                height: d.height,
+                image: Arc::new(d.rgb),
+                pixels,
+            })
+        }
+        Err(message) => Item::Failed(
+            Record::new(input.display.clone()).with_path(input.path.clone()).with_error(message),
+        ),
+    }
+}
+
+fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
+    if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} images  {per_sec}  elapsed {elapsed}  eta {eta}",
+        )
+        .expect("valid progress template"),
+    );
+    bar
+}

@@ -1,0 +1,199 @@
+//! Parity with transformers on a tiny random BLIP (tests/fixtures/blip-tiny, written by
+//! tests/fixtures/generate_blip.py): pixel values, image features, logits, and generated token
+//! ids for greedy, prompted, beam and repetition-penalty decoding, batched and unbatched.
+
+mod common;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use glance::caption::Captioner;
+use glance::generation::GenerationParams;
+use glance::hub::{ModelFiles, ModelSource};
+
+fn captioner() -> Captioner {
+    let files = ModelFiles::new(ModelSource::Local(common::blip_tiny())).unwrap();
+    Captioner::load(&files, &Device::Cpu, DType::F32).unwrap()
+}
+
+fn case_params(case: &serde_json::Value) -> GenerationParams {
+    GenerationParams {
+        max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
+        min_new_tokens: case["min_new_tokens"].as_u64().unwrap_or(0) as usize,
+        num_beams: case["num_beams"].as_u64().unwrap() as usize,
+        length_penalty: case["length_penalty"].as_f64().unwrap() as f32,
+        repetition_penalty: case["repetition_penalty"].as_f64().unwrap() as f32,
+        ..GenerationParams::default()
+    }
+}
+
+/// transformers pads finished sequences; glance returns them unpadded.
+fn strip_padding(seq: &[u32], pad: u32, eos: &[u32]) -> Vec<u32> {
+    match seq.iter().position(|t| eos.contains(t)) {
+        Some(end) => seq[..=end].to_vec(),
+        None => {
+            let mut s = seq.to_vec();
+            while s.last() == Some(&pad) {
+                s.pop();
+            }
+            s
+        }
+    }
+}
+
+/// Pixel values against the committed PIL-processor output, in normalized units. PNGs must be
+/// bit-exact (glance re-implements Pillow's fixed-point resampling); JPEG decoders (libjpeg-turbo
+/// in PIL, zune-jpeg here) may differ by one 8-bit level, 1/255/std ≈ 0.0151.
+const PNG_TOLERANCE: f32 = 1e-6;
+const JPEG_TOLERANCE: f32 = 0.016;
+/// Image features and logits, f32 on both sides: max abs difference relative to the largest
+/// reference magnitude (the tiny model uses initializer_range 1.0, so values reach the tens).
+const FLOAT_TOLERANCE: f32 = 1e-4;
+
+fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    common::max_abs_diff(a, b) / scale.max(1.0)
+}
+
+#[test]
+fn preprocessing_matches_transformers_pil_processor() {
+    let dir = common::blip_tiny();
+    let reference = common::reference(&dir);
+    let tensors = common::reference_tensors(&dir);
+    let expected = &tensors["pixel_values"];
+    let cap = captioner();
+    let images = common::shared_images();
+    for (i, name) in reference["images"].as_array().unwrap().iter().enumerate() {
+        let name = name.as_str().unwrap();
+        let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
+        let ours = cap.pixels_to_tensor(&[cap.preprocessor().apply(&decoded.rgb)]).unwrap();
+        let diff = common::max_abs_diff(&ours.i(0).unwrap(), &expected.i(i).unwrap());
+        let tolerance = if name.ends_with(".jpg") { JPEG_TOLERANCE } else { PNG_TOLERANCE };
+        assert!(diff <= tolerance, "{name}: pixel values differ by {diff}");
+    }
+}
+
+#[test]
+fn preprocessing_at_blip_base_size_matches() {
+    let dir = common::blip_tiny();
+    let reference = common::reference(&dir);
+    let tensors = common::reference_tensors(&dir);
+    let cfg: glance::preprocess::PreprocessorConfig = serde_json::from_value(serde_json::json!({
+        "size": {"height": 384, "width": 384}, "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]
+    }))
+    .unwrap();
+    let p = glance::preprocess::Preprocessor::new(cfg).unwrap();
+    let images = common::shared_images();
+    for (i, name) in reference["preprocess_384"]["images"].as_array().unwrap().iter().enumerate() {
+        let name = name.as_str().unwrap();
+        let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
+        let px = Tensor::from_vec(p.apply(&decoded.rgb), (3, 384, 384), &Device::Cpu).unwrap();
+        let sub: Vec<Tensor> = (0..3)
+            .map(|c| {
+                let rows: Vec<Tensor> = (0..16).map(|y| px.i((c, y * 24)).unwrap()).collect();
+                let plane = Tensor::stack(&rows, 0).unwrap();
+                let cols: Vec<Tensor> = (0..16).map(|x| plane.i((.., x * 24)).unwrap()).collect();
+                Tensor::stack(&cols, 1).unwrap()
+            })
+            .collect();
+        let sub = Tensor::stack(&sub, 0).unwrap();
+        let expected = tensors["pixel_values_384_sub"].i(i).unwrap();
+        let tolerance = if name.ends_with(".jpg") { JPEG_TOLERANCE } else { PNG_TOLERANCE };
+        let diff = common::max_abs_diff(&sub, &expected);
+        assert!(diff <= tolerance, "{name} at 384: pixel values differ by {diff}");
+    }
+}
+
+#[test]
+fn image_features_and_first_logits_match() {
+    let dir = common::blip_tiny();
+    let tensors = common::reference_tensors(&dir);
+    let cap = captioner();
+    let features = cap.encode(&tensors["pixel_values"]).unwrap();
+    let diff = relative_diff(&features, &tensors["image_embeds"]);
+    eprintln!("image_embeds: max relative difference {diff:e}");
+    assert!(diff < FLOAT_TOLERANCE, "image_embeds differ by {diff} (relative)");
+    let logits = glance_first_logits(&cap, &tensors["image_embeds"]);
+    let diff = relative_diff(&logits, &tensors["first_step_logits"]);
+    eprintln!("first-step logits: max relative difference {diff:e}");
+    assert!(diff < FLOAT_TOLERANCE, "first-step logits differ by {diff} (relative)");
+}
+
+fn glance_first_logits(cap: &Captioner, features: &Tensor) -> Tensor {
+    cap.first_step_logits(features, &cap.prompt_ids(None).unwrap()).unwrap()
+}
+
+/// Runs every reference case at each batch size; every sequence must equal transformers'.
+fn check_cases(batch_sizes: &[usize]) {
+    let dir = common::blip_tiny();
+    let reference = common::reference(&dir);
+    let tensors = common::reference_tensors(&dir);
+    let pixels = &tensors["pixel_values"];
+    let n = pixels.dim(0).unwrap();
+    let cap = captioner();
+    let stop = cap.stop_tokens().clone();
+    let mut mismatches = Vec::new();
+    let mut total = 0;
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let params = case_params(case);
+        let prompt_ids = cap.prompt_ids(case["prompt"].as_str()).unwrap();
+        for &bs in batch_sizes {
+            let mut start = 0;
+            while start < n {
+                let len = bs.min(n - start);
+                let batch = pixels.narrow(0, start, len).unwrap();
+                let seeds = vec![0; len];
+                let got = cap.caption(&batch, &prompt_ids, &params, &seeds).unwrap();
+                for (j, caps) in got.iter().enumerate() {
+                    let i = start + j;
+                    let expected: Vec<u32> = case["sequences"][i]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_u64().unwrap() as u32)
+                        .collect();
+                    let expected = strip_padding(&expected, stop.pad, &stop.eos);
+                    total += 1;
+                    if caps[0].tokens != expected {
+                        mismatches.push(format!(
+                            "{name} batch {bs} image {i}: got {:?}, transformers {:?}",
+                            caps[0].tokens, expected
+                        ));
+                    } else {
+                        assert_eq!(caps[0].text, case["captions"][i].as_str().unwrap(), "{name} image {i} text");
+                    }
+                }
+                start += len;
+            }
+        }
+    }
+    eprintln!("{} of {total} sequences identical to transformers", total - mismatches.len());
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn captions_match_transformers_unbatched() {
+    check_cases(&[1]);
+}
+
+#[test]
+fn batched_captions_equal_unbatched_and_transformers() {
+    check_cases(&[4, 11]);
+}
+
+#[test]
+fn prompt_keeps_bos_and_drops_trailing_sep() {
+    let dir = common::blip_tiny();
+    let reference = common::reference(&dir);
+    let cap = captioner();
+    let ids = cap.prompt_ids(Some("a photography of")).unwrap();
+    let mut expected: Vec<u32> = reference["prompt_input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    expected[0] = reference["special_tokens"]["bos_dec"].as_u64().unwrap() as u32;
+    expected.pop();
+    assert_eq!(ids, expected);
+}

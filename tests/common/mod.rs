@@ -1,0 +1,33 @@
+//! Helpers shared by integration tests: fixture paths and the committed reference outputs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn blip_tiny() -> PathBuf {
+    repo().join("tests/fixtures/blip-tiny")
+}
+
+/// The real photos CI places beside the repository.
+pub fn shared_images() -> PathBuf {
+    let dir = repo().join("../shared/images");
+    assert!(dir.is_dir(), "tests need ../shared/images beside the repository ({})", dir.display());
+    dir
+}
+
+pub fn reference(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn reference_tensors(dir: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap()
+}
+
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
