@@ -57,7 +57,14 @@ impl Captioner {
             None => Preprocessor::new(PreprocessorConfig::square(parts.image_size))?,
         };
         let tokenizer = load_tokenizer(files)?;
-        Ok(Self { parts, tokenizer, preprocessor, device: device.clone(), dtype, name })
+        Ok(Self {
+            parts,
+            tokenizer,
+            preprocessor,
+            device: device.clone(),
+            dtype,
+            name,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -76,14 +83,18 @@ impl Captioner {
     pub fn prompt_ids(&self, prompt: Option<&str>) -> Result<Vec<u32>> {
         match &self.parts.prompt {
             PromptStyle::ReplaceFirstDropLast { bos } => {
-                let Some(text) = prompt else { return Ok(vec![*bos]) };
+                let Some(text) = prompt else {
+                    return Ok(vec![*bos]);
+                };
                 let enc = self
                     .tokenizer
                     .encode(text, true)
                     .map_err(|e| Error::Options(format!("cannot tokenize prompt {text:?}: {e}")))?;
                 let mut ids = enc.get_ids().to_vec();
                 if ids.len() < 2 {
-                    return Err(Error::Options(format!("prompt {text:?} tokenizes to nothing")));
+                    return Err(Error::Options(format!(
+                        "prompt {text:?} tokenizes to nothing"
+                    )));
                 }
                 ids[0] = *bos;
                 ids.pop();
@@ -94,14 +105,21 @@ impl Captioner {
 
     /// Resolves `max_new_tokens` when the user gave none: transformers' default total length.
     pub fn default_max_new_tokens(&self, prompt_len: usize) -> usize {
-        self.parts.default_max_length.saturating_sub(prompt_len).max(1)
+        self.parts
+            .default_max_length
+            .saturating_sub(prompt_len)
+            .max(1)
     }
 
     /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
     pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
         let (h, w) = self.preprocessor.output_size();
         let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
-        let t = Tensor::from_vec(flat, (pixels.len(), 3, h as usize, w as usize), &self.device)?;
+        let t = Tensor::from_vec(
+            flat,
+            (pixels.len(), 3, h as usize, w as usize),
+            &self.device,
+        )?;
         Ok(t.to_dtype(self.dtype)?)
     }
 
@@ -133,7 +151,11 @@ impl Captioner {
                 per_image
                     .into_iter()
                     .map(|g| {
-                        Ok(Caption { text: self.decode(&g.tokens)?, tokens: g.tokens, score: g.score })
+                        Ok(Caption {
+                            text: self.decode(&g.tokens)?,
+                            tokens: g.tokens,
+                            score: g.score,
+                        })
                     })
                     .collect()
             })
@@ -159,12 +181,21 @@ pub struct CaptionStage {
 
 impl CaptionStage {
     /// Resolves the prompt and the default length once, before the run.
-    pub fn new(captioner: Captioner, prompt: Option<&str>, mut params: GenerationParams, max_new_tokens: Option<usize>) -> Result<Self> {
+    pub fn new(
+        captioner: Captioner,
+        prompt: Option<&str>,
+        mut params: GenerationParams,
+        max_new_tokens: Option<usize>,
+    ) -> Result<Self> {
         let prompt_ids = captioner.prompt_ids(prompt)?;
         params.max_new_tokens =
             max_new_tokens.unwrap_or_else(|| captioner.default_max_new_tokens(prompt_ids.len()));
         params.validate()?;
-        Ok(Self { captioner, prompt_ids, params })
+        Ok(Self {
+            captioner,
+            prompt_ids,
+            params,
+        })
     }
 }
 
@@ -180,9 +211,13 @@ impl crate::runner::Stage for CaptionStage {
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         let pixels: Vec<Vec<f32>> = batch.iter().map(|p| p.pixels[index].clone()).collect();
         let tensor = self.captioner.pixels_to_tensor(&pixels)?;
-        let seeds: Vec<u64> =
-            batch.iter().map(|p| generation::seed_for(self.params.seed, &p.input.display)).collect();
-        let captions = self.captioner.caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
+        let seeds: Vec<u64> = batch
+            .iter()
+            .map(|p| generation::seed_for(self.params.seed, &p.input.display))
+            .collect();
+        let captions = self
+            .captioner
+            .caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
         Ok(captions
             .into_iter()
             .map(|caps| {
@@ -194,7 +229,8 @@ impl crate::runner::Stage for CaptionStage {
                     }
                 }
                 if caps.len() > 1 {
-                    let all: Vec<serde_json::Value> = caps.iter().map(|c| c.text.clone().into()).collect();
+                    let all: Vec<serde_json::Value> =
+                        caps.iter().map(|c| c.text.clone().into()).collect();
                     fields.insert("captions".into(), all.into());
                 }
                 fields
@@ -210,7 +246,9 @@ impl Captioner {
         let decoder = self.parts.decoder.as_ref();
         let mut cache = decoder.new_cache(features)?;
         let b = features.dim(0)?;
-        let ids = Tensor::new(prompt_ids, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
+        let ids = Tensor::new(prompt_ids, &self.device)?
+            .unsqueeze(0)?
+            .repeat((b, 1))?;
         Ok(decoder.forward(&ids, &mut cache)?.to_dtype(DType::F32)?)
     }
 }

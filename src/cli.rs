@@ -12,7 +12,12 @@ use glance::output::{Existing, Format};
 pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
 
 #[derive(Parser, Debug)]
-#[command(name = "glance", version, about = "Caption, classify and label folders of images with Hugging Face vision-language models")]
+#[command(
+    name = "glance",
+    version,
+    args_override_self = true,
+    about = "Caption, classify and label folders of images with Hugging Face vision-language models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Describe each image in words with an image-captioning model (BLIP, ...).
-    Caption(CaptionArgs),
+    Caption(Box<CaptionArgs>),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
     Download(DownloadArgs),
 }

@@ -26,7 +26,9 @@ impl FromStr for DeviceChoice {
                 .parse()
                 .map(Self::Cuda)
                 .map_err(|_| format!("bad device {s:?}: use cuda:N")),
-            s => Err(format!("unknown device {s:?}: use auto, cpu, cuda, cuda:N or metal")),
+            s => Err(format!(
+                "unknown device {s:?}: use auto, cpu, cuda, cuda:N or metal"
+            )),
         }
     }
 }
@@ -55,7 +57,9 @@ impl FromStr for DTypeChoice {
 /// Opens the device: `auto` takes CUDA or Metal when compiled in and present, else the CPU.
 pub fn open(choice: DeviceChoice) -> Result<Device> {
     let unavailable = |what: &str, e: candle_core::Error| {
-        Error::Options(format!("{what} is not available ({e}); build with --features {what} or use --device cpu"))
+        Error::Options(format!(
+            "{what} is not available ({e}); build with --features {what} or use --device cpu"
+        ))
     };
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
@@ -103,7 +107,10 @@ mod tests {
 
     #[test]
     fn device_and_dtype_flags_parse() {
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert_eq!("bf16".parse::<DTypeChoice>().unwrap(), DTypeChoice::BF16);
         assert_eq!(dtype(DTypeChoice::Auto, &Device::Cpu), DType::F32);

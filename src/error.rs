@@ -14,7 +14,11 @@ pub enum Error {
     #[error(
         "{model}: could not fetch {file} from the Hub ({message}): check the network or HF_ENDPOINT, run 'glance download {model}' where the Hub is reachable, or pass a local directory"
     )]
-    Network { model: String, file: String, message: String },
+    Network {
+        model: String,
+        file: String,
+        message: String,
+    },
 
     #[error("{model}: {message}")]
     Hub { model: String, message: String },
@@ -29,13 +33,23 @@ pub enum Error {
         "{model}: unsupported architecture {found}; supported: {}",
         supported.join(", ")
     )]
-    Unsupported { model: String, found: String, supported: Vec<&'static str> },
+    Unsupported {
+        model: String,
+        found: String,
+        supported: Vec<&'static str>,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error("{path}: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
 
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: String, message: String },
@@ -52,14 +66,23 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.display().to_string(), source }
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     pub fn json(path: &Path, source: serde_json::Error) -> Self {
-        Self::Json { path: path.display().to_string(), source }
+        Self::Json {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     pub fn config(path: &Path, message: impl Into<String>) -> Self {
-        Self::Config { file: path.display().to_string(), message: message.into() }
+        Self::Config {
+            file: path.display().to_string(),
+            message: message.into(),
+        }
     }
 }

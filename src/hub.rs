@@ -106,8 +106,7 @@ impl ModelFiles {
             ModelSource::Local(_) => None,
             ModelSource::Hub { repo_id, revision } => {
                 let cache = Cache::new(hub_cache_dir());
-                let repo =
-                    Repo::with_revision(repo_id.clone(), RepoType::Model, revision.clone());
+                let repo = Repo::with_revision(repo_id.clone(), RepoType::Model, revision.clone());
                 let api = if env_flag("HF_HUB_OFFLINE") {
                     None
                 } else {
@@ -150,7 +149,10 @@ impl ModelFiles {
             return Ok(Some(path));
         }
         let Some(api) = &hub.api else {
-            return Err(Error::Offline { model: self.source.name(), file: file.to_string() });
+            return Err(Error::Offline {
+                model: self.source.name(),
+                file: file.to_string(),
+            });
         };
         match api.repo(hub.repo.clone()).download(file) {
             Ok(path) => Ok(Some(path)),
@@ -192,7 +194,10 @@ impl ModelFiles {
         }
         if let Some(index) = self.get_optional("model.safetensors.index.json")? {
             let shards = shard_names(&index)?;
-            let paths = shards.iter().map(|s| self.get(s)).collect::<Result<Vec<_>>>()?;
+            let paths = shards
+                .iter()
+                .map(|s| self.get(s))
+                .collect::<Result<Vec<_>>>()?;
             return Ok(Weights::Safetensors(paths));
         }
         if let Some(path) = self.get_optional("pytorch_model.bin")? {
@@ -215,8 +220,7 @@ pub enum Weights {
 /// The distinct shard file names of a `model.safetensors.index.json`, in a stable order.
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::json(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(index, e))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -224,8 +228,10 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
             file: index.display().to_string(),
             message: "no weight_map object".into(),
         })?;
-    let mut names: Vec<String> =
-        map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     names.sort();
     names.dedup();
     Ok(names)
@@ -274,7 +280,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             shard_names(&index).unwrap(),
-            ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
         );
     }
 }

@@ -29,7 +29,9 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
     if reader.format().is_none() {
         return Err("not an image (unrecognised format)".into());
     }
-    let mut decoder = reader.into_decoder().map_err(|e| format!("cannot decode: {e}"))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("cannot decode: {e}"))?;
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
@@ -41,7 +43,8 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
         return Err(format!("image has no pixels ({w}x{h})"));
     }
     let orientation = decoder.orientation().ok();
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
@@ -78,7 +81,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.jpg");
         std::fs::write(&empty, b"").unwrap();
-        assert_eq!(decode(&empty, DEFAULT_MAX_IMAGE_PIXELS).err().unwrap(), "empty file");
+        assert_eq!(
+            decode(&empty, DEFAULT_MAX_IMAGE_PIXELS).err().unwrap(),
+            "empty file"
+        );
         let text = dir.path().join("notes.png");
         std::fs::write(&text, b"hello, I am not a picture").unwrap();
         assert!(decode(&text, DEFAULT_MAX_IMAGE_PIXELS).is_err());

@@ -5,7 +5,7 @@ mod cli;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 
 use cli::{CaptionArgs, Cli, Command, DownloadArgs, OutputArgs, RunArgs};
@@ -19,7 +19,7 @@ use glance::runner::{self, RunOptions, RunReport, Stage};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Caption(args) => caption(args),
+        Command::Caption(args) => caption(*args),
         Command::Download(args) => download(args),
     };
     match result {
@@ -49,8 +49,7 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
     let output = output_options(&args.output, &["file", "caption", "error"], "caption")?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, cli::DEFAULT_CAPTION_MODEL)?;
-    let captioner = Captioner::load(&files, &device, dtype)
-        .with_context(|| format!("loading {}", files.source().name()))?;
+    let captioner = Captioner::load(&files, &device, dtype)?;
     if !args.run.quiet {
         eprintln!(
             "glance: {} on {} ({dtype:?})",
@@ -74,7 +73,10 @@ fn download(args: DownloadArgs) -> Result<ExitCode> {
 
 fn model_files(args: &cli::ModelArgs, default: &str) -> Result<ModelFiles> {
     let model = args.model.as_deref().unwrap_or(default);
-    Ok(ModelFiles::new(ModelSource::parse(model, args.revision.as_deref()))?)
+    Ok(ModelFiles::new(ModelSource::parse(
+        model,
+        args.revision.as_deref(),
+    ))?)
 }
 
 fn open_device(args: &cli::DeviceArgs) -> Result<(candle_core::Device, candle_core::DType)> {
@@ -83,7 +85,11 @@ fn open_device(args: &cli::DeviceArgs) -> Result<(candle_core::Device, candle_co
     Ok((device, dtype))
 }
 
-fn output_options(args: &OutputArgs, csv_columns: &[&str], text_field: &str) -> Result<OutputOptions> {
+fn output_options(
+    args: &OutputArgs,
+    csv_columns: &[&str],
+    text_field: &str,
+) -> Result<OutputOptions> {
     let format = match (args.format, &args.output) {
         (Some(f), _) => f,
         (None, Some(path)) => Format::from_path(path)?,
@@ -100,15 +106,24 @@ fn output_options(args: &OutputArgs, csv_columns: &[&str], text_field: &str) -> 
     })
 }
 
-fn run_stages(run: &RunArgs, output: &OutputOptions, stages: &mut [&mut dyn Stage]) -> Result<RunReport> {
-    let spec = InputSpec { args: run.inputs.clone(), shard: run.shard };
+fn run_stages(
+    run: &RunArgs,
+    output: &OutputOptions,
+    stages: &mut [&mut dyn Stage],
+) -> Result<RunReport> {
+    let spec = InputSpec {
+        args: run.inputs.clone(),
+        shard: run.shard,
+    };
     let (inputs, missing) = collect_inputs(&spec, std::io::stdin().lock())?;
     let early: Vec<Record> = missing
         .into_iter()
         .map(|e| Record::new(e.display).with_error(e.message))
         .collect();
     let (sink, resume) = open_sink(output)?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let opts = RunOptions {
         batch_size: run.batch_size,
         max_image_pixels: run.max_image_pixels,
@@ -137,7 +152,11 @@ fn exit_code(report: &RunReport, quiet: bool) -> ExitCode {
             line.push_str(&format!(", {} sidecars left as they were", s.skipped));
         }
         eprintln!("{line}");
-        let show = if std::io::stderr().is_terminal() { 10 } else { usize::MAX };
+        let show = if std::io::stderr().is_terminal() {
+            10
+        } else {
+            usize::MAX
+        };
         for f in s.failures.iter().take(show) {
             eprintln!("  failed: {}: {}", f.file, f.error);
         }

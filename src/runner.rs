@@ -88,7 +88,8 @@ pub fn run(
         }
     }
 
-    let preprocessors: Vec<Preprocessor> = stages.iter().map(|s| s.preprocessor().clone()).collect();
+    let preprocessors: Vec<Preprocessor> =
+        stages.iter().map(|s| s.preprocessor().clone()).collect();
     let batch_size = opts.batch_size.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.decode_threads.max(1))
@@ -102,7 +103,10 @@ pub fn run(
         scope.spawn(move || {
             for chunk in todo.chunks(batch_size) {
                 let items: Vec<Item> = pool.install(|| {
-                    chunk.par_iter().map(|input| prepare(input, &preprocessors, max_pixels)).collect()
+                    chunk
+                        .par_iter()
+                        .map(|input| prepare(input, &preprocessors, max_pixels))
+                        .collect()
                 });
                 if tx.send(items).is_err() {
                     break;
@@ -134,8 +138,11 @@ pub fn run(
                 let rec = match slot {
                     Some(failed) => failed,
                     None => {
-                        let (p, f) = ready_iter.next().expect("one prepared image per empty slot");
-                        let rec = Record::new(p.input.display.clone()).with_path(p.input.path.clone());
+                        let (p, f) = ready_iter
+                            .next()
+                            .expect("one prepared image per empty slot");
+                        let rec =
+                            Record::new(p.input.display.clone()).with_path(p.input.path.clone());
                         match &batch_error {
                             Some(e) => rec.with_error(e.clone()),
                             None => {
@@ -178,7 +185,11 @@ fn finish(
 }
 
 /// Writes one record; `Ok(false)` when stdout was closed and the run should stop quietly.
-fn write(sink: &mut Box<dyn RecordSink + Send>, rec: &Record, report: &mut RunReport) -> Result<bool> {
+fn write(
+    sink: &mut Box<dyn RecordSink + Send>,
+    rec: &Record,
+    report: &mut RunReport,
+) -> Result<bool> {
     match sink.write(rec) {
         Ok(()) => Ok(true),
         Err(e) if is_broken_pipe(&e) => {
@@ -222,7 +233,9 @@ fn prepare(input: &Input, preprocessors: &[Preprocessor], max_pixels: u64) -> It
             })
         }
         Err(message) => Item::Failed(
-            Record::new(input.display.clone()).with_path(input.path.clone()).with_error(message),
+            Record::new(input.display.clone())
+                .with_path(input.path.clone())
+                .with_error(message),
         ),
     }
 }

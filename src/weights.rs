@@ -7,7 +7,11 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::hub::Weights;
 
-pub fn var_builder(weights: &Weights, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn var_builder(
+    weights: &Weights,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     match weights {
         Weights::Safetensors(paths) => {
             for p in paths {
@@ -21,8 +25,11 @@ pub fn var_builder(weights: &Weights, dtype: DType, device: &Device) -> Result<V
                 message: format!("cannot read safetensors weights: {e}"),
             })
         }
-        Weights::PyTorch(path) => VarBuilder::from_pth(path, dtype, device).map_err(|e| {
-            Error::Config { file: path.display().to_string(), message: format!("cannot read weights: {e}") }
-        }),
+        Weights::PyTorch(path) => {
+            VarBuilder::from_pth(path, dtype, device).map_err(|e| Error::Config {
+                file: path.display().to_string(),
+                message: format!("cannot read weights: {e}"),
+            })
+        }
     }
 }

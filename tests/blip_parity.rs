@@ -49,7 +49,15 @@ const JPEG_TOLERANCE: f32 = 0.016;
 const FLOAT_TOLERANCE: f32 = 1e-4;
 
 fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     common::max_abs_diff(a, b) / scale.max(1.0)
 }
 
@@ -64,9 +72,15 @@ fn preprocessing_matches_transformers_pil_processor() {
     for (i, name) in reference["images"].as_array().unwrap().iter().enumerate() {
         let name = name.as_str().unwrap();
         let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
-        let ours = cap.pixels_to_tensor(&[cap.preprocessor().apply(&decoded.rgb)]).unwrap();
+        let ours = cap
+            .pixels_to_tensor(&[cap.preprocessor().apply(&decoded.rgb)])
+            .unwrap();
         let diff = common::max_abs_diff(&ours.i(0).unwrap(), &expected.i(i).unwrap());
-        let tolerance = if name.ends_with(".jpg") { JPEG_TOLERANCE } else { PNG_TOLERANCE };
+        let tolerance = if name.ends_with(".jpg") {
+            JPEG_TOLERANCE
+        } else {
+            PNG_TOLERANCE
+        };
         assert!(diff <= tolerance, "{name}: pixel values differ by {diff}");
     }
 }
@@ -83,7 +97,12 @@ fn preprocessing_at_blip_base_size_matches() {
     .unwrap();
     let p = glance::preprocess::Preprocessor::new(cfg).unwrap();
     let images = common::shared_images();
-    for (i, name) in reference["preprocess_384"]["images"].as_array().unwrap().iter().enumerate() {
+    for (i, name) in reference["preprocess_384"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let name = name.as_str().unwrap();
         let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
         let px = Tensor::from_vec(p.apply(&decoded.rgb), (3, 384, 384), &Device::Cpu).unwrap();
@@ -97,9 +116,16 @@ fn preprocessing_at_blip_base_size_matches() {
             .collect();
         let sub = Tensor::stack(&sub, 0).unwrap();
         let expected = tensors["pixel_values_384_sub"].i(i).unwrap();
-        let tolerance = if name.ends_with(".jpg") { JPEG_TOLERANCE } else { PNG_TOLERANCE };
+        let tolerance = if name.ends_with(".jpg") {
+            JPEG_TOLERANCE
+        } else {
+            PNG_TOLERANCE
+        };
         let diff = common::max_abs_diff(&sub, &expected);
-        assert!(diff <= tolerance, "{name} at 384: pixel values differ by {diff}");
+        assert!(
+            diff <= tolerance,
+            "{name} at 384: pixel values differ by {diff}"
+        );
     }
 }
 
@@ -111,15 +137,22 @@ fn image_features_and_first_logits_match() {
     let features = cap.encode(&tensors["pixel_values"]).unwrap();
     let diff = relative_diff(&features, &tensors["image_embeds"]);
     eprintln!("image_embeds: max relative difference {diff:e}");
-    assert!(diff < FLOAT_TOLERANCE, "image_embeds differ by {diff} (relative)");
+    assert!(
+        diff < FLOAT_TOLERANCE,
+        "image_embeds differ by {diff} (relative)"
+    );
     let logits = glance_first_logits(&cap, &tensors["image_embeds"]);
     let diff = relative_diff(&logits, &tensors["first_step_logits"]);
     eprintln!("first-step logits: max relative difference {diff:e}");
-    assert!(diff < FLOAT_TOLERANCE, "first-step logits differ by {diff} (relative)");
+    assert!(
+        diff < FLOAT_TOLERANCE,
+        "first-step logits differ by {diff} (relative)"
+    );
 }
 
 fn glance_first_logits(cap: &Captioner, features: &Tensor) -> Tensor {
-    cap.first_step_logits(features, &cap.prompt_ids(None).unwrap()).unwrap()
+    cap.first_step_logits(features, &cap.prompt_ids(None).unwrap())
+        .unwrap()
 }
 
 /// Runs every reference case at each batch size; every sequence must equal transformers'.
@@ -160,14 +193,21 @@ fn check_cases(batch_sizes: &[usize]) {
                             caps[0].tokens, expected
                         ));
                     } else {
-                        assert_eq!(caps[0].text, case["captions"][i].as_str().unwrap(), "{name} image {i} text");
+                        assert_eq!(
+                            caps[0].text,
+                            case["captions"][i].as_str().unwrap(),
+                            "{name} image {i} text"
+                        );
                     }
                 }
                 start += len;
             }
         }
     }
-    eprintln!("{} of {total} sequences identical to transformers", total - mismatches.len());
+    eprintln!(
+        "{} of {total} sequences identical to transformers",
+        total - mismatches.len()
+    );
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 

@@ -51,7 +51,10 @@ pub(super) fn beam_search(
     let mut searches: Vec<Search> = (0..images)
         .map(|_| Search {
             running: (0..nb)
-                .map(|b| Beam { tokens: prompt.to_vec(), score: if b == 0 { 0.0 } else { NEG } })
+                .map(|b| Beam {
+                    tokens: prompt.to_vec(),
+                    score: if b == 0 { 0.0 } else { NEG },
+                })
                 .collect(),
             finished: vec![None; nb],
             heuristic_unsatisfied: true,
@@ -60,11 +63,16 @@ pub(super) fn beam_search(
         .collect();
     // Images still searching, in cache row order (each owns `nb` consecutive rows).
     let mut active: Vec<usize> = (0..images).collect();
-    let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?.repeat((images * nb, 1))?;
+    let mut input = Tensor::new(prompt, device)?
+        .unsqueeze(0)?
+        .repeat((images * nb, 1))?;
     let mut cur_len = prompt_len;
 
     while cur_len < max_length && !active.is_empty() {
-        let all_logits = decoder.forward(&input, &mut cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let all_logits = decoder
+            .forward(&input, &mut cache)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         let mut rows_kept: Vec<u32> = Vec::new();
         let mut next_tokens: Vec<u32> = Vec::new();
         let mut still_active = Vec::new();
@@ -75,13 +83,22 @@ pub(super) fn beam_search(
                 let mut scores = all_logits[slot * nb + b].clone();
                 logits::log_softmax(&mut scores);
                 let beam = &search.running[b];
-                logits::process(&mut scores, &beam.tokens, cur_len - prompt_len, params, &stop.eos);
+                logits::process(
+                    &mut scores,
+                    &beam.tokens,
+                    cur_len - prompt_len,
+                    params,
+                    &stop.eos,
+                );
                 let base = beam.score;
                 top_k_into(&scores, base, b, keep_k, &mut candidates);
             }
             // Best `keep_k` over all beams, ordered by accumulated score (beam-major on ties).
             candidates.sort_by(|a, b| {
-                b.score.total_cmp(&a.score).then(a.beam.cmp(&b.beam)).then(a.token.cmp(&b.token))
+                b.score
+                    .total_cmp(&a.score)
+                    .then(a.beam.cmp(&b.beam))
+                    .then(a.token.cmp(&b.token))
             });
             candidates.truncate(keep_k);
 
@@ -98,7 +115,13 @@ pub(super) fn beam_search(
                 for (c, _) in candidates.iter().zip(&hits).take(nb).filter(|(_, h)| **h) {
                     let mut tokens = search.running[c.beam].tokens.clone();
                     tokens.push(c.token);
-                    insert_finished(&mut search.finished, Beam { tokens, score: c.score / penalty });
+                    insert_finished(
+                        &mut search.finished,
+                        Beam {
+                            tokens,
+                            score: c.score / penalty,
+                        },
+                    );
                 }
             }
             // _get_running_beams_for_next_iteration: best `nb` that did not stop.
@@ -122,15 +145,22 @@ pub(super) fn beam_search(
             search.running = new_running;
 
             // _check_early_stop_heuristic, after cur_len += 1.
-            let hyp_len = if params.early_stopping == EarlyStopping::Never && params.length_penalty > 0.0 {
-                max_length - prompt_len
-            } else {
-                cur_len + 1 - prompt_len
-            };
-            let best_running = search.running[0].score / (hyp_len as f32).powf(params.length_penalty);
+            let hyp_len =
+                if params.early_stopping == EarlyStopping::Never && params.length_penalty > 0.0 {
+                    max_length - prompt_len
+                } else {
+                    cur_len + 1 - prompt_len
+                };
+            let best_running =
+                search.running[0].score / (hyp_len as f32).powf(params.length_penalty);
             let all_finished = search.finished.iter().all(Option::is_some);
             let worst_finished = if all_finished {
-                search.finished.iter().flatten().map(|b| b.score).fold(f32::INFINITY, f32::min)
+                search
+                    .finished
+                    .iter()
+                    .flatten()
+                    .map(|b| b.score)
+                    .fold(f32::INFINITY, f32::min)
             } else {
                 NEG
             };
@@ -162,8 +192,14 @@ pub(super) fn beam_search(
                 .into_iter()
                 .take(params.num_return_sequences)
                 .map(|b| match b {
-                    Some(b) => Generated { tokens: b.tokens, score: Some(b.score) },
-                    None => Generated { tokens: prompt.to_vec(), score: None },
+                    Some(b) => Generated {
+                        tokens: b.tokens,
+                        score: Some(b.score),
+                    },
+                    None => Generated {
+                        tokens: prompt.to_vec(),
+                        score: None,
+                    },
                 })
                 .collect()
         })
@@ -175,10 +211,16 @@ fn top_k_into(scores: &[f32], base: f32, beam: usize, k: usize, out: &mut Vec<Ca
     let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
     let k = k.min(idx.len());
     idx.select_nth_unstable_by(k - 1, |&a, &b| {
-        scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b))
+        scores[b as usize]
+            .total_cmp(&scores[a as usize])
+            .then(a.cmp(&b))
     });
     for &t in &idx[..k] {
-        out.push(Candidate { beam, token: t, score: base + scores[t as usize] });
+        out.push(Candidate {
+            beam,
+            token: t,
+            score: base + scores[t as usize],
+        });
     }
 }
 
@@ -201,7 +243,10 @@ mod tests {
     use super::*;
 
     fn beam(score: f32) -> Beam {
-        Beam { tokens: vec![], score }
+        Beam {
+            tokens: vec![],
+            score,
+        }
     }
 
     #[test]

@@ -31,7 +31,13 @@ pub fn min_new_tokens(scores: &mut [f32], generated: usize, min_new: usize, eos:
 }
 
 /// The processors every decoding strategy applies.
-pub fn process(scores: &mut [f32], tokens: &[u32], generated: usize, p: &GenerationParams, eos: &[u32]) {
+pub fn process(
+    scores: &mut [f32],
+    tokens: &[u32],
+    generated: usize,
+    p: &GenerationParams,
+    eos: &[u32],
+) {
     repetition_penalty(scores, tokens, p.repetition_penalty);
     min_new_tokens(scores, generated, p.min_new_tokens, eos);
 }
@@ -124,11 +130,17 @@ mod tests {
 
     #[test]
     fn top_k_and_top_p_filter() {
-        let p = GenerationParams { top_k: 2, ..GenerationParams::default() };
+        let p = GenerationParams {
+            top_k: 2,
+            ..GenerationParams::default()
+        };
         let mut s = vec![1.0, 3.0, 2.0, 0.0];
         warp(&mut s, &p);
         assert!(s[0].is_infinite() && s[3].is_infinite() && s[1] == 3.0 && s[2] == 2.0);
-        let p = GenerationParams { top_p: 0.5, ..GenerationParams::default() };
+        let p = GenerationParams {
+            top_p: 0.5,
+            ..GenerationParams::default()
+        };
         let mut s = vec![0.0, 10.0, 0.0];
         warp(&mut s, &p);
         assert_eq!(s.iter().filter(|v| v.is_finite()).count(), 1);

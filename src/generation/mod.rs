@@ -162,7 +162,11 @@ pub fn generate(
         return beam::beam_search(decoder, encoder_hidden, prompt, params, stop);
     }
     let images = encoder_hidden.dim(0)?;
-    let n = if params.do_sample { params.num_return_sequences } else { 1 };
+    let n = if params.do_sample {
+        params.num_return_sequences
+    } else {
+        1
+    };
     let mut cache = decoder.new_cache(encoder_hidden)?;
     // Row r belongs to image r / n.
     let rows = images * n;
@@ -179,7 +183,10 @@ pub fn generate(
         .unsqueeze(0)?
         .repeat((rows, 1))?;
     for step in 0..params.max_new_tokens {
-        let logits = decoder.forward(&input, &mut cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = decoder
+            .forward(&input, &mut cache)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         let mut keep = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());
         for (row, mut scores) in logits.into_iter().enumerate() {
@@ -208,7 +215,10 @@ pub fn generate(
     }
     let mut out: Vec<Vec<Generated>> = vec![Vec::with_capacity(n); images];
     for (r, tokens) in seqs.into_iter().enumerate() {
-        out[r / n].push(Generated { tokens, score: None });
+        out[r / n].push(Generated {
+            tokens,
+            score: None,
+        });
     }
     Ok(out)
 }

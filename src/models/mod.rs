@@ -64,7 +64,10 @@ impl Architecture {
             }
             (found, model_type) => Err(Error::Unsupported {
                 model: model.to_string(),
-                found: found.or(model_type).unwrap_or("(no architectures or model_type)").to_string(),
+                found: found
+                    .or(model_type)
+                    .unwrap_or("(no architectures or model_type)")
+                    .to_string(),
                 supported: SUPPORTED.to_vec(),
             }),
         }
@@ -78,19 +81,27 @@ mod tests {
     #[test]
     fn blip_is_selected_from_architectures() {
         let cfg = serde_json::json!({"architectures": ["BlipForConditionalGeneration"], "text_config": {}, "vision_config": {}});
-        assert!(matches!(Architecture::from_config(&cfg, "m").unwrap(), Architecture::Blip(_)));
+        assert!(matches!(
+            Architecture::from_config(&cfg, "m").unwrap(),
+            Architecture::Blip(_)
+        ));
     }
 
     #[test]
     fn blip_is_selected_from_model_type_alone() {
         let cfg = serde_json::json!({"model_type": "blip", "text_config": {}, "vision_config": {}});
-        assert!(matches!(Architecture::from_config(&cfg, "m").unwrap(), Architecture::Blip(_)));
+        assert!(matches!(
+            Architecture::from_config(&cfg, "m").unwrap(),
+            Architecture::Blip(_)
+        ));
     }
 
     #[test]
     fn unknown_architecture_lists_supported_ones() {
         let cfg = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama"});
-        let err = Architecture::from_config(&cfg, "meta/llama").unwrap_err().to_string();
+        let err = Architecture::from_config(&cfg, "meta/llama")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("LlamaForCausalLM"), "{err}");
         assert!(err.contains("BlipForConditionalGeneration"), "{err}");
     }

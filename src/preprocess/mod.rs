@@ -68,7 +68,10 @@ impl PreprocessorConfig {
     pub fn square(size: u32) -> Self {
         Self {
             do_resize: true,
-            size: Some(SizeSpec::HeightWidth { height: size, width: size }),
+            size: Some(SizeSpec::HeightWidth {
+                height: size,
+                width: size,
+            }),
             resample: 3,
             do_center_crop: false,
             crop_size: None,
@@ -98,7 +101,10 @@ fn three(values: &Option<Vec<f32>>, default: [f32; 3], what: &str) -> Result<[f3
         None => Ok(default),
         Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
         Some(v) if v.len() == 1 => Ok([v[0]; 3]),
-        Some(v) => Err(Error::Options(format!("{what} has {} values, expected 3", v.len()))),
+        Some(v) => Err(Error::Options(format!(
+            "{what} has {} values, expected 3",
+            v.len()
+        ))),
     }
 }
 
@@ -113,7 +119,14 @@ impl Preprocessor {
             (_, _, Some(size)) => fixed_size(size)?,
             _ => return Err(Error::Options("preprocessor config has no size".into())),
         };
-        Ok(Self { cfg, filter, mean, std, out_height, out_width })
+        Ok(Self {
+            cfg,
+            filter,
+            mean,
+            std,
+            out_height,
+            out_width,
+        })
     }
 
     /// (height, width) of the pixel tensor this processor produces.
@@ -183,7 +196,11 @@ impl Preprocessor {
         let (w, h) = image.dimensions();
         let plane = (w * h) as usize;
         let mut out = vec![0f32; 3 * plane];
-        let factor = if self.cfg.do_rescale { self.cfg.rescale_factor } else { 1.0 };
+        let factor = if self.cfg.do_rescale {
+            self.cfg.rescale_factor
+        } else {
+            1.0
+        };
         let (mean, std) = if self.cfg.do_normalize {
             (self.mean, self.std)
         } else {
@@ -229,7 +246,13 @@ mod tests {
     #[test]
     fn size_forms_parse() {
         let hw: SizeSpec = serde_json::from_str(r#"{"height": 384, "width": 384}"#).unwrap();
-        assert_eq!(hw, SizeSpec::HeightWidth { height: 384, width: 384 });
+        assert_eq!(
+            hw,
+            SizeSpec::HeightWidth {
+                height: 384,
+                width: 384
+            }
+        );
         let se: SizeSpec = serde_json::from_str(r#"{"shortest_edge": 224}"#).unwrap();
         assert_eq!(se, SizeSpec::ShortestEdge { shortest_edge: 224 });
         let sq: SizeSpec = serde_json::from_str("224").unwrap();

@@ -120,8 +120,9 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let count = xmax.saturating_sub(xmin);
-        let mut w: Vec<f64> =
-            (0..count).map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+        let mut w: Vec<f64> = (0..count)
+            .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
+            .collect();
         let total: f64 = w.iter().sum();
         if total != 0.0 {
             for v in w.iter_mut() {
@@ -231,7 +232,13 @@ mod tests {
     #[test]
     fn uniform_images_stay_uniform() {
         let img = RgbImage::from_pixel(97, 53, image::Rgb([200, 10, 77]));
-        for f in [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos, Filter::Box, Filter::Hamming] {
+        for f in [
+            Filter::Bicubic,
+            Filter::Bilinear,
+            Filter::Lanczos,
+            Filter::Box,
+            Filter::Hamming,
+        ] {
             let out = resize(&img, 31, 64, f);
             assert!(out.pixels().all(|p| p.0 == [200, 10, 77]), "{f:?}");
         }

@@ -14,7 +14,11 @@ pub fn blip_tiny() -> PathBuf {
 /// The real photos CI places beside the repository.
 pub fn shared_images() -> PathBuf {
     let dir = repo().join("../shared/images");
-    assert!(dir.is_dir(), "tests need ../shared/images beside the repository ({})", dir.display());
+    assert!(
+        dir.is_dir(),
+        "tests need ../shared/images beside the repository ({})",
+        dir.display()
+    );
     dir
 }
 
@@ -23,11 +27,23 @@ pub fn reference(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-pub fn reference_tensors(dir: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap()
+pub fn reference_tensors(
+    dir: &std::path::Path,
+) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
 }
 
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

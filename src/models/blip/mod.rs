@@ -29,8 +29,13 @@ pub fn load(cfg: &BlipConfig, vb: VarBuilder) -> Result<CaptionParts> {
     Ok(CaptionParts {
         encoder: Box::new(encoder),
         decoder: Box::new(decoder),
-        prompt: PromptStyle::ReplaceFirstDropLast { bos: t.bos_token_id },
-        stop: StopTokens { eos: vec![t.sep_token_id], pad: t.pad_token_id },
+        prompt: PromptStyle::ReplaceFirstDropLast {
+            bos: t.bos_token_id,
+        },
+        stop: StopTokens {
+            eos: vec![t.sep_token_id],
+            pad: t.pad_token_id,
+        },
         default_max_length: t.max_length.unwrap_or(20),
         image_size: cfg.vision_config.image_size as u32,
     })

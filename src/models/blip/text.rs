@@ -38,18 +38,25 @@ impl Attention {
     /// `[b, n, d]` to `[b, heads, n, d / heads]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        x.reshape((b, n, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, n, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.split_heads(&self.key.forward(x)?)?, self.split_heads(&self.value.forward(x)?)?))
+        Ok((
+            self.split_heads(&self.key.forward(x)?)?,
+            self.split_heads(&self.value.forward(x)?)?,
+        ))
     }
 
     /// Attends from `x` to `(k, v)` and applies the output projection + residual + norm.
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let q = self.split_heads(&self.query.forward(x)?)?;
-        let ctx = attention(&q, k, v, mask)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let ctx = attention(&q, k, v, mask)?
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
         (self.dense.forward(&ctx)? + x)?.apply(&self.layer_norm)
     }
 }
@@ -84,7 +91,10 @@ impl Layer {
         };
         let x = self.self_attn.attend(x, &k, &v, mask)?;
         cache.self_kv = Some((k, v));
-        let (ck, cv) = cache.cross_kv.as_ref().expect("cross-attention cache is built by new_cache");
+        let (ck, cv) = cache
+            .cross_kv
+            .as_ref()
+            .expect("cross-attention cache is built by new_cache");
         let x = self.cross_attn.attend(&x, ck, cv, None)?;
         let h = self.intermediate.forward(&x)?.apply(&self.act)?;
         (self.output.forward(&h)? + x)?.apply(&self.output_norm)
@@ -152,7 +162,10 @@ impl TextDecoder for TextDecoderModel {
             .layers
             .iter()
             .map(|l| {
-                Ok(LayerCache { self_kv: None, cross_kv: Some(l.cross_attn.keys_values(&encoder_hidden)?) })
+                Ok(LayerCache {
+                    self_kv: None,
+                    cross_kv: Some(l.cross_attn.keys_values(&encoder_hidden)?),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache { layers, seq_len: 0 })
@@ -167,14 +180,22 @@ impl TextDecoder for TextDecoderModel {
             .forward(ids)?
             .broadcast_add(&self.position_embeddings.forward(&positions)?)?
             .apply(&self.embed_norm)?;
-        let mask = if n > 1 { Some(causal_mask(n, past, self.dtype, &self.device)?) } else { None };
+        let mask = if n > 1 {
+            Some(causal_mask(n, past, self.dtype, &self.device)?)
+        } else {
+            None
+        };
         let mut x = x;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, layer_cache, mask.as_ref())?;
         }
         cache.seq_len += n;
         let last = x.narrow(1, n - 1, 1)?.squeeze(1)?;
-        let h = self.head_dense.forward(&last)?.apply(&self.head_act)?.apply(&self.head_norm)?;
+        let h = self
+            .head_dense
+            .forward(&last)?
+            .apply(&self.head_act)?
+            .apply(&self.head_norm)?;
         Ok(self.head_decoder.forward(&h)?)
     }
 

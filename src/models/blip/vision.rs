@@ -16,7 +16,10 @@ struct Embeddings {
 impl Embeddings {
     fn new(cfg: &BlipVisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let conv_cfg = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
         let patch_embedding =
             candle_nn::conv2d(3, d, cfg.patch_size, conv_cfg, vb.pp("patch_embedding"))?;
         let positions = (cfg.image_size / cfg.patch_size).pow(2) + 1;
@@ -29,7 +32,11 @@ impl Embeddings {
 
     fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
-        let patches = self.patch_embedding.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
+        let patches = self
+            .patch_embedding
+            .forward(pixels)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
         let d = self.class_embedding.dim(D::Minus1)?;
         let cls = self.class_embedding.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
@@ -76,7 +83,10 @@ impl Layer {
         let ctx = attention(&q, &k, &v, None)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, d))?;
         let x = (self.projection.forward(&ctx)? + x)?;
-        let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?.apply(&self.act)?;
+        let h = self
+            .fc1
+            .forward(&self.layer_norm2.forward(&x)?)?
+            .apply(&self.act)?;
         self.fc2.forward(&h)? + x
     }
 }
@@ -95,7 +105,11 @@ impl VisionModel {
         Ok(Self {
             embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
             layers,
-            post_layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            post_layernorm: layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?,
         })
     }
 
