@@ -136,7 +136,9 @@ impl Captioner {
         params: &GenerationParams,
         seeds: &[u64],
     ) -> Result<Vec<Vec<Caption>>> {
+        let started = std::time::Instant::now();
         let features = self.encode(pixels)?;
+        let encoded = started.elapsed();
         let generated = generation::generate(
             self.parts.decoder.as_ref(),
             &features,
@@ -145,6 +147,14 @@ impl Captioner {
             &self.parts.stop,
             seeds,
         )?;
+        if std::env::var_os("GLANCE_TIMINGS").is_some() {
+            eprintln!(
+                "glance timings: batch {} encode {:.2}s generate {:.2}s",
+                pixels.dim(0)?,
+                encoded.as_secs_f64(),
+                (started.elapsed() - encoded).as_secs_f64()
+            );
+        }
         generated
             .into_iter()
             .map(|per_image| {

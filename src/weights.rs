@@ -1,8 +1,21 @@
-//! Weights to a `VarBuilder`: safetensors memory-mapped (single file or shards), or a
-//! `pytorch_model.bin` where that is all a repository has.
+//! Weights to a `VarBuilder`.
+//!
+//! Safetensors files (single or sharded) are read tensor by tensor with positioned reads into
+//! the tensors' own buffers. candle's memory-mapped loader copies out of the mapping too, but the
+//! mapped pages stay resident until every tensor is loaded, so peak memory is twice the
+//! weights; reading keeps it at the weights plus one tensor. `pytorch_model.bin` goes through
+//! candle's pickle reader.
 
-use candle_core::{DType, Device};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::hub::Weights;
@@ -14,16 +27,12 @@ pub fn var_builder(
 ) -> Result<VarBuilder<'static>> {
     match weights {
         Weights::Safetensors(paths) => {
-            for p in paths {
-                std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-            }
-            // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on
-            // nobody truncating model files while glance runs.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) };
-            vb.map_err(|e| Error::Config {
-                file: paths[0].display().to_string(),
-                message: format!("cannot read safetensors weights: {e}"),
-            })
+            let backend = SafetensorsFiles::open(paths)?;
+            Ok(VarBuilder::from_backend(
+                Box::new(backend),
+                dtype,
+                device.clone(),
+            ))
         }
         Weights::PyTorch(path) => {
             VarBuilder::from_pth(path, dtype, device).map_err(|e| Error::Config {
@@ -31,5 +40,195 @@ pub fn var_builder(
                 message: format!("cannot read weights: {e}"),
             })
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    len: usize,
+}
+
+/// An index of the tensors in one or more safetensors files, read on demand.
+pub struct SafetensorsFiles {
+    files: Vec<(PathBuf, Mutex<File>)>,
+    entries: HashMap<String, Entry>,
+}
+
+fn st_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFiles {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut entries = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let bad = |m: String| Error::config(path, format!("not a safetensors file: {m}"));
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+            let header_len = u64::from_le_bytes(len);
+            let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+                return Err(bad(format!("header of {header_len} bytes")));
+            }
+            let mut header = vec![0u8; header_len as usize];
+            file.read_exact(&mut header)
+                .map_err(|e| bad(e.to_string()))?;
+            let header: HashMap<String, serde_json::Value> =
+                serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+            let data_start = 8 + header_len;
+            for (name, value) in header {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let info: TensorInfo =
+                    serde_json::from_value(value).map_err(|e| bad(format!("{name}: {e}")))?;
+                let dtype = st_dtype(&info.dtype)
+                    .ok_or_else(|| bad(format!("{name} has unsupported dtype {}", info.dtype)))?;
+                let (a, b) = info.data_offsets;
+                let expected = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if b < a || (b - a) as usize != expected || data_start + b > file_len {
+                    return Err(bad(format!("{name} has inconsistent offsets")));
+                }
+                entries.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        dtype,
+                        shape: info.shape,
+                        start: data_start + a,
+                        len: expected,
+                    },
+                );
+            }
+            files.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(Self { files, entries })
+    }
+
+    fn load(&self, name: &str) -> candle_core::Result<Tensor> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
+        let (path, file) = &self.files[entry.file];
+        let mut bytes = vec![0u8; entry.len];
+        {
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            file.seek(SeekFrom::Start(entry.start))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!("{}: reading {name}: {e}", path.display()))
+                })?;
+        }
+        Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
+    }
+
+    /// Names of all tensors, for diagnostics.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn path(&self, name: &str) -> Option<&Path> {
+        self.entries
+            .get(name)
+            .map(|e| self.files[e.file].0.as_path())
+    }
+}
+
+impl SimpleBackend for SafetensorsFiles {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.load(name)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_candle_writes_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let b = Tensor::new(&[7u8, 8], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("a.weight", a.clone()), ("b", b)]), &path)
+            .unwrap();
+        let files = SafetensorsFiles::open(&[path]).unwrap();
+        let got = files
+            .get(
+                (2, 3).into(),
+                "a.weight",
+                candle_nn::Init::Const(0.),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+        assert_eq!(got.to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
+        assert!(files
+            .get(
+                (3, 2).into(),
+                "a.weight",
+                candle_nn::Init::Const(0.),
+                DType::F32,
+                &Device::Cpu
+            )
+            .is_err());
+        assert!(!files.contains_tensor("missing"));
+
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
+        let err = SafetensorsFiles::open(&[junk]).err().unwrap().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
     }
 }

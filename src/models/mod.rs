@@ -1,6 +1,7 @@
 //! Model families, chosen from `config.json`, and the narrow traits tasks use.
 
 pub mod blip;
+pub mod linear;
 pub mod ops;
 
 use candle_core::Tensor;

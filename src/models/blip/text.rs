@@ -5,10 +5,11 @@
 //! (in `new_cache`), and any batch size works.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::BlipTextConfig;
 use crate::generation::{KvCache, LayerCache, TextDecoder};
+use crate::models::linear::{linear, Linear};
 use crate::models::ops::{attention, causal_mask};
 
 struct Attention {

@@ -2,9 +2,10 @@
 //! with a fused qkv projection, and a final layer norm; returns the last hidden state.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::BlipVisionConfig;
+use crate::models::linear::{linear, Linear};
 use crate::models::ops::attention;
 
 struct Embeddings {
