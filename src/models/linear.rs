@@ -107,9 +107,10 @@ pub fn skinny_matmul(
     y
 }
 
-type DotFn = fn(&[f32], &[f32]) -> f32;
+pub(crate) type DotFn = fn(&[f32], &[f32]) -> f32;
 
-fn dot_fn() -> DotFn {
+/// The fastest dot product this CPU supports.
+pub(crate) fn dot_fn() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

@@ -1,10 +1,14 @@
 //! Small tensor helpers shared by model implementations.
 
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 /// Scaled dot-product attention over `[batch, heads, len, head_dim]` tensors; `mask` is added to
 /// the scores (0 keeps, -inf drops) and broadcast over batch and heads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    if mask.is_none() && q.dim(2)? == 1 && single_query_applies(q, k, v) {
+        return single_query_attention(q, k, v);
+    }
     let hd = q.dim(3)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let q = (q.contiguous()? * scale)?;
@@ -24,4 +28,78 @@ pub fn causal_mask(new: usize, past: usize, dtype: DType, device: &Device) -> Re
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(mask, (new, total), device)?.to_dtype(dtype)
+}
+
+fn single_query_applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    [q, k, v]
+        .iter()
+        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+}
+
+/// Attention for one query position per (batch, head), the shape of every decoding step: a
+/// general batched GEMM would pack each head's keys for a single row, so instead each head
+/// streams its keys and values once.
+fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, h, _, d) = q.dims4()?;
+    let s = k.dim(2)?;
+    let qs = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (candle_core::Storage::Cpu(kc), candle_core::Storage::Cpu(vc)) = (&*ks, &*vs) else {
+        unreachable!("checked to be on the CPU")
+    };
+    let kd = &kc.as_slice::<f32>()?[kl.start_offset()..][..b * h * s * d];
+    let vd = &vc.as_slice::<f32>()?[vl.start_offset()..][..b * h * s * d];
+    let scale = 1.0 / (d as f32).sqrt();
+    let dot = crate::models::linear::dot_fn();
+    let mut out = vec![0f32; b * h * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(bh, o)| {
+        let q = &qs[bh * d..(bh + 1) * d];
+        let keys = &kd[bh * s * d..(bh + 1) * s * d];
+        let values = &vd[bh * s * d..(bh + 1) * s * d];
+        let mut scores: Vec<f32> = keys
+            .chunks_exact(d)
+            .map(|key| dot(q, key) * scale)
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in scores.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+            let p = p / sum;
+            for (o, x) in o.iter_mut().zip(value) {
+                *o += p * x;
+            }
+        }
+    });
+    Tensor::from_vec(out, (b, h, 1, d), q.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_query_path_equals_batched_matmul() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 1, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 9, 16), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 9, 16), &dev).unwrap();
+        let fast = single_query_attention(&q, &k, &v).unwrap();
+        let scores = ((q.matmul(&k.t().unwrap()).unwrap()) * 0.25).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let slow = probs.matmul(&v).unwrap();
+        let diff = (fast - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
 }
