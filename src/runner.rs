@@ -128,7 +128,10 @@ pub fn run(
                         }
                     }
                     Err(e) => {
-                        batch_error = Some(format!("model failed on this batch: {e}"));
+                        // The first line: candle appends a backtrace when RUST_BACKTRACE is set.
+                        let message = e.to_string();
+                        let first = message.lines().next().unwrap_or_default();
+                        batch_error = Some(format!("model failed on this batch: {first}"));
                         break;
                     }
                 }

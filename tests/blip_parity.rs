@@ -228,3 +228,48 @@ fn prompt_keeps_bos_and_drops_trailing_sep() {
     expected.pop();
     assert_eq!(ids, expected);
 }
+
+/// Sampling cannot be compared with transformers (different random streams), but it must be
+/// reproducible for a seed and independent of how images are batched — including when the
+/// samples of one image finish at different steps.
+#[test]
+fn sampling_is_reproducible_and_independent_of_batching() {
+    let tensors = common::reference_tensors(&common::blip_tiny());
+    let pixels = &tensors["pixel_values"];
+    let n = pixels.dim(0).unwrap();
+    let cap = captioner();
+    let prompt = cap.prompt_ids(None).unwrap();
+    let params = GenerationParams {
+        do_sample: true,
+        num_return_sequences: 3,
+        max_new_tokens: 12,
+        top_k: 20,
+        top_p: 0.9,
+        temperature: 1.5,
+        ..GenerationParams::default()
+    };
+    let seeds: Vec<u64> = (0..n as u64).map(|i| 1000 + i).collect();
+    let batched = cap.caption(pixels, &prompt, &params, &seeds).unwrap();
+    let mut lengths = std::collections::HashSet::new();
+    for i in 0..n {
+        let one = cap
+            .caption(
+                &pixels.narrow(0, i, 1).unwrap(),
+                &prompt,
+                &params,
+                &seeds[i..=i],
+            )
+            .unwrap();
+        assert_eq!(one[0], batched[i], "image {i}");
+        lengths.extend(batched[i].iter().map(|c| c.tokens.len()));
+    }
+    assert!(
+        lengths.len() > 1,
+        "samples should end at different steps to exercise ragged batches"
+    );
+    let reseeded: Vec<u64> = seeds.iter().map(|s| s + 1).collect();
+    assert_ne!(
+        cap.caption(pixels, &prompt, &params, &reseeded).unwrap(),
+        batched
+    );
+}

@@ -45,8 +45,7 @@ pub(super) fn beam_search(
     let device = decoder.device();
 
     let mut cache: KvCache = decoder.new_cache(encoder_hidden)?;
-    let expand: Vec<u32> = (0..(images * nb) as u32).map(|r| r / nb as u32).collect();
-    cache.select(&Tensor::new(expand, device)?)?;
+    cache.set_group(nb);
 
     let mut searches: Vec<Search> = (0..images)
         .map(|_| Search {
@@ -181,7 +180,7 @@ pub(super) fn beam_search(
         if active.is_empty() || cur_len >= max_length {
             break;
         }
-        cache.select(&Tensor::new(rows_kept.as_slice(), device)?)?;
+        cache.select(&rows_kept, device)?;
         input = Tensor::new(next_tokens, device)?.unsqueeze(1)?;
     }
 

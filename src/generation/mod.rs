@@ -19,22 +19,60 @@ pub struct LayerCache {
 }
 
 /// A decoder's state across steps: one entry per layer plus the number of cached positions.
+///
+/// Cross-attention keys/values hold one row per image; the decoder runs `group` consecutive rows
+/// per image (beams, or several samples), which share them instead of copying them.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     pub seq_len: usize,
+    pub group: usize,
 }
 
 impl KvCache {
-    /// Keeps (and reorders, or repeats) rows: `rows` is a u32 index tensor into dimension 0.
-    pub fn select(&mut self, rows: &Tensor) -> Result<()> {
-        let pick = |t: &Tensor| t.index_select(rows, 0);
+    /// Runs `group` rows per image from now on (before the first step).
+    pub fn set_group(&mut self, group: usize) {
+        self.group = group.max(1);
+    }
+
+    /// Keeps, reorders or drops decoder rows; `rows` index the current rows. While every image
+    /// keeps whole groups of consecutive rows, cross-attention entries stay shared (one per
+    /// image); when rows of an image finish at different times (sampling several captions),
+    /// the entries are expanded to one per row.
+    pub fn select(&mut self, rows: &[u32], device: &candle_core::Device) -> Result<()> {
+        let group = self.group.max(1) as u32;
+        let whole_groups = rows.len() % group as usize == 0
+            && rows
+                .chunks(group as usize)
+                .all(|c| c.iter().all(|r| r / group == c[0] / group));
+        let images: Vec<u32> = if whole_groups {
+            rows.iter()
+                .step_by(group as usize)
+                .map(|r| r / group)
+                .collect()
+        } else {
+            self.group = 1;
+            rows.iter().map(|r| r / group).collect()
+        };
+        let current = self
+            .layers
+            .first()
+            .and_then(|l| l.cross_kv.as_ref())
+            .map(|(k, _)| k.dim(0))
+            .transpose()?;
+        let unchanged =
+            current == Some(images.len()) && images.iter().enumerate().all(|(i, &m)| i as u32 == m);
+        let rows = Tensor::new(rows, device)?;
+        let images = Tensor::new(images, device)?;
         for layer in &mut self.layers {
             if let Some((k, v)) = &layer.self_kv {
-                layer.self_kv = Some((pick(k)?, pick(v)?));
+                layer.self_kv = Some((k.index_select(&rows, 0)?, v.index_select(&rows, 0)?));
             }
-            if let Some((k, v)) = &layer.cross_kv {
-                layer.cross_kv = Some((pick(k)?, pick(v)?));
+            if !unchanged {
+                if let Some((k, v)) = &layer.cross_kv {
+                    layer.cross_kv =
+                        Some((k.index_select(&images, 0)?, v.index_select(&images, 0)?));
+                }
             }
         }
         Ok(())
@@ -170,10 +208,7 @@ pub fn generate(
     let mut cache = decoder.new_cache(encoder_hidden)?;
     // Row r belongs to image r / n.
     let rows = images * n;
-    if n > 1 {
-        let repeat: Vec<u32> = (0..rows as u32).map(|r| r / n as u32).collect();
-        cache.select(&Tensor::new(repeat, decoder.device())?)?;
-    }
+    cache.set_group(n);
     let mut rngs: Vec<Rng> = (0..rows)
         .map(|r| Rng::new(seeds.get(r / n).copied().unwrap_or(0) ^ (r % n) as u64))
         .collect();
@@ -208,7 +243,7 @@ pub fn generate(
             break;
         }
         if keep.len() < active.len() {
-            cache.select(&Tensor::new(keep.as_slice(), decoder.device())?)?;
+            cache.select(&keep, decoder.device())?;
             active = keep.iter().map(|&r| active[r as usize]).collect();
         }
         input = Tensor::new(next, decoder.device())?.unsqueeze(1)?;

@@ -60,6 +60,27 @@ impl Attention {
             .reshape((b, n, d))?;
         (self.dense.forward(&ctx)? + x)?.apply(&self.layer_norm)
     }
+
+    /// Cross-attention where `group` consecutive rows of `x` share one image's `(k, v)`: their
+    /// queries are stacked into one attention call per image instead of copying the keys.
+    fn attend_shared(&self, x: &Tensor, k: &Tensor, v: &Tensor, group: usize) -> Result<Tensor> {
+        if group == 1 {
+            return self.attend(x, k, v, None);
+        }
+        let (rows, n, d) = x.dims3()?;
+        let images = rows / group;
+        let hd = d / self.heads;
+        let q = self
+            .query
+            .forward(x)?
+            .reshape((images, group * n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let ctx = attention(&q, k, v, None)?
+            .transpose(1, 2)?
+            .reshape((rows, n, d))?;
+        (self.dense.forward(&ctx)? + x)?.apply(&self.layer_norm)
+    }
 }
 
 struct Layer {
@@ -84,7 +105,13 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut LayerCache, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut LayerCache,
+        group: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (k, v) = self.self_attn.keys_values(x)?;
         let (k, v) = match &cache.self_kv {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
@@ -96,7 +123,7 @@ impl Layer {
             .cross_kv
             .as_ref()
             .expect("cross-attention cache is built by new_cache");
-        let x = self.cross_attn.attend(&x, ck, cv, None)?;
+        let x = self.cross_attn.attend_shared(&x, ck, cv, group)?;
         let h = self.intermediate.forward(&x)?.apply(&self.act)?;
         (self.output.forward(&h)? + x)?.apply(&self.output_norm)
     }
@@ -169,7 +196,11 @@ impl TextDecoder for TextDecoderModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, seq_len: 0 })
+        Ok(KvCache {
+            layers,
+            seq_len: 0,
+            group: 1,
+        })
     }
 
     fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
@@ -187,8 +218,9 @@ impl TextDecoder for TextDecoderModel {
             None
         };
         let mut x = x;
+        let group = cache.group.max(1);
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, layer_cache, mask.as_ref())?;
+            x = layer.forward(&x, layer_cache, group, mask.as_ref())?;
         }
         cache.seq_len += n;
         let last = x.narrow(1, n - 1, 1)?.squeeze(1)?;
