@@ -41,7 +41,7 @@ impl KvCache {
     /// the entries are expanded to one per row.
     pub fn select(&mut self, rows: &[u32], device: &candle_core::Device) -> Result<()> {
         let group = self.group.max(1) as u32;
-        let whole_groups = rows.len() % group as usize == 0
+        let whole_groups = rows.len().is_multiple_of(group as usize)
             && rows
                 .chunks(group as usize)
                 .all(|c| c.iter().all(|r| r / group == c[0] / group));
