@@ -273,3 +273,57 @@ fn sampling_is_reproducible_and_independent_of_batching() {
         batched
     );
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads to the same model.
+#[test]
+fn sharded_checkpoint_loads_like_a_single_file() {
+    let src = common::blip_tiny();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let subset: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&subset, dir.path().join(shard)).unwrap();
+        for n in part.iter() {
+            weight_map.insert((*n).clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let files = ModelFiles::new(ModelSource::Local(dir.path().to_path_buf())).unwrap();
+    let sharded = Captioner::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let pixels = &common::reference_tensors(&src)["pixel_values"];
+    let params = GenerationParams {
+        max_new_tokens: 12,
+        ..GenerationParams::default()
+    };
+    let prompt = sharded.prompt_ids(None).unwrap();
+    let seeds = vec![0; pixels.dim(0).unwrap()];
+    assert_eq!(
+        sharded.caption(pixels, &prompt, &params, &seeds).unwrap(),
+        captioner()
+            .caption(pixels, &prompt, &params, &seeds)
+            .unwrap()
+    );
+}
