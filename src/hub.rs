@@ -21,10 +21,16 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// A directory that exists is local; anything else is taken as a Hub id.
+    /// A directory that exists, or anything shaped like a path (absolute, `./`, `../`, `~`, or
+    /// more than one `/`), is local; anything else is taken as a Hub id (`org/name`).
     pub fn parse(model: &str, revision: Option<&str>) -> Self {
         let path = Path::new(model);
-        if path.is_dir() {
+        let path_like = path.is_absolute()
+            || model.starts_with('.')
+            || model.starts_with('~')
+            || model.contains('\\')
+            || model.matches('/').count() > 1;
+        if path.is_dir() || path_like {
             return Self::Local(path.to_path_buf());
         }
         Self::Hub {
@@ -103,6 +109,12 @@ fn hf_token() -> Option<String> {
 impl ModelFiles {
     pub fn new(source: ModelSource) -> Result<Self> {
         let hub = match &source {
+            ModelSource::Local(dir) if !dir.is_dir() => {
+                return Err(Error::Config {
+                    file: dir.display().to_string(),
+                    message: "no such model directory (for a Hub model, use its id, e.g. Salesforce/blip-image-captioning-base)".into(),
+                });
+            }
             ModelSource::Local(_) => None,
             ModelSource::Hub { repo_id, revision } => {
                 let cache = Cache::new(hub_cache_dir());
@@ -267,6 +279,10 @@ mod tests {
         assert!(matches!(local, ModelSource::Local(_)));
         let hub = ModelSource::parse("Salesforce/blip-image-captioning-base", Some("v1"));
         assert_eq!(hub.name(), "Salesforce/blip-image-captioning-base@v1");
+        assert!(matches!(ModelSource::parse("/no/such/model", None), ModelSource::Local(_)));
+        assert!(matches!(ModelSource::parse("./model", None), ModelSource::Local(_)));
+        let missing = ModelFiles::new(ModelSource::parse("/no/such/model", None)).err().unwrap();
+        assert!(missing.to_string().contains("no such model directory"), "{missing}");
     }
 
     #[test]
