@@ -3,6 +3,7 @@
 pub mod blip;
 pub mod linear;
 pub mod ops;
+pub mod softmax;
 
 use candle_core::Tensor;
 use serde_json::Value;

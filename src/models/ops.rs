@@ -17,7 +17,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = crate::models::softmax::softmax_last_dim(&scores)?;
     probs.matmul(&v.contiguous()?)
 }
 
