@@ -51,6 +51,13 @@ impl Captioner {
         let vb = weights::var_builder(&files.weights()?, dtype, device)?;
         let parts = match &arch {
             Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
+            Architecture::Clip(_) | Architecture::Siglip(_) => {
+                return Err(Error::WrongTask {
+                    model: name,
+                    kind: "an image-text model",
+                    command: "classify",
+                })
+            }
         };
         let preprocessor = match files.get_optional("preprocessor_config.json")? {
             Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?)?,

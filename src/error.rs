@@ -39,6 +39,13 @@ pub enum Error {
         supported: Vec<&'static str>,
     },
 
+    #[error("{model} is {kind}: use glance {command}")]
+    WrongTask {
+        model: String,
+        kind: &'static str,
+        command: &'static str,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -279,10 +279,21 @@ mod tests {
         assert!(matches!(local, ModelSource::Local(_)));
         let hub = ModelSource::parse("Salesforce/blip-image-captioning-base", Some("v1"));
         assert_eq!(hub.name(), "Salesforce/blip-image-captioning-base@v1");
-        assert!(matches!(ModelSource::parse("/no/such/model", None), ModelSource::Local(_)));
-        assert!(matches!(ModelSource::parse("./model", None), ModelSource::Local(_)));
-        let missing = ModelFiles::new(ModelSource::parse("/no/such/model", None)).err().unwrap();
-        assert!(missing.to_string().contains("no such model directory"), "{missing}");
+        assert!(matches!(
+            ModelSource::parse("/no/such/model", None),
+            ModelSource::Local(_)
+        ));
+        assert!(matches!(
+            ModelSource::parse("./model", None),
+            ModelSource::Local(_)
+        ));
+        let missing = ModelFiles::new(ModelSource::parse("/no/such/model", None))
+            .err()
+            .unwrap();
+        assert!(
+            missing.to_string().contains("no such model directory"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod output;
 pub mod preprocess;
 pub mod runner;
 pub mod weights;
+pub mod zero_shot;
 
 pub use error::{Error, Result};

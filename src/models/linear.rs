@@ -25,6 +25,11 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// `vb.get((out, in), "weight")` only, as `candle_nn::linear_no_bias`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+}
+
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }

@@ -1,8 +1,10 @@
 //! Model families, chosen from `config.json`, and the narrow traits tasks use.
 
 pub mod blip;
+pub mod clip;
 pub mod linear;
 pub mod ops;
+pub mod siglip;
 pub mod softmax;
 
 use candle_core::Tensor;
@@ -14,6 +16,39 @@ use crate::generation::{StopTokens, TextDecoder};
 /// Turns preprocessed pixels `[batch, 3, H, W]` into features `[batch, positions, dim]`.
 pub trait ImageEncoder: Send + Sync {
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+/// How similarities become scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// CLIP: a distribution over the labels, `softmax(exp(scale) * cos)`.
+    Softmax,
+    /// SigLIP: an independent probability per label, `sigmoid(exp(scale) * cos + bias)`.
+    Sigmoid,
+}
+
+/// How a batch of prompts is padded (with the tokenizer's pad token) before `embed_texts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPadding {
+    /// To the longest prompt of the batch, truncating at `max_len` tokens.
+    Longest { max_len: usize },
+    /// Always to exactly this many tokens (truncating longer prompts).
+    MaxLength(usize),
+}
+
+/// Contrastive image–text models (CLIP, SigLIP): embeddings in a shared space and how to turn
+/// similarities into scores.
+pub trait ImageTextEncoder: Send + Sync {
+    /// Pixels `[b, 3, H, W]` to projected, un-normalized embeddings `[b, dim]`.
+    fn embed_images(&self, pixels: &Tensor) -> Result<Tensor>;
+    /// Padded u32 ids `[n, len]` to projected, un-normalized embeddings `[n, dim]`.
+    fn embed_texts(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The learned temperature, before `exp`.
+    fn logit_scale(&self) -> f32;
+    /// The learned logit offset (SigLIP only).
+    fn logit_bias(&self) -> Option<f32>;
+    fn scoring(&self) -> Scoring;
+    fn text_padding(&self) -> TextPadding;
 }
 
 /// How a text prompt becomes the decoder's first tokens.
@@ -40,10 +75,12 @@ pub struct CaptionParts {
 #[derive(Debug, Clone)]
 pub enum Architecture {
     Blip(Box<blip::BlipConfig>),
+    Clip(Box<clip::ClipConfig>),
+    Siglip(Box<siglip::SiglipConfig>),
 }
 
 /// `architectures` values glance supports, for error messages.
-pub const SUPPORTED: &[&str] = &["BlipForConditionalGeneration"];
+pub const SUPPORTED: &[&str] = &["BlipForConditionalGeneration", "CLIPModel", "SiglipModel"];
 
 impl Architecture {
     /// Picks the implementation from `architectures` (or `model_type` when that is absent).
@@ -54,15 +91,19 @@ impl Architecture {
             .and_then(|a| a.first())
             .and_then(|a| a.as_str());
         let model_type = config.get("model_type").and_then(|m| m.as_str());
-        let parse = |cfg: &Value| -> Result<blip::BlipConfig> {
+        fn parse<T: serde::de::DeserializeOwned>(cfg: &Value, model: &str) -> Result<Box<T>> {
             serde_json::from_value(cfg.clone()).map_err(|e| Error::Config {
                 file: format!("config.json of {model}"),
                 message: e.to_string(),
             })
-        };
+        }
         match (arch, model_type) {
             (Some("BlipForConditionalGeneration"), _) | (None, Some("blip")) => {
-                Ok(Self::Blip(Box::new(parse(config)?)))
+                Ok(Self::Blip(parse(config, model)?))
+            }
+            (Some("CLIPModel"), _) | (None, Some("clip")) => Ok(Self::Clip(parse(config, model)?)),
+            (Some("SiglipModel"), _) | (None, Some("siglip")) => {
+                Ok(Self::Siglip(parse(config, model)?))
             }
             (found, model_type) => Err(Error::Unsupported {
                 model: model.to_string(),
@@ -95,6 +136,20 @@ mod tests {
         assert!(matches!(
             Architecture::from_config(&cfg, "m").unwrap(),
             Architecture::Blip(_)
+        ));
+    }
+
+    #[test]
+    fn clip_and_siglip_are_selected() {
+        let cfg = serde_json::json!({"architectures": ["CLIPModel"], "model_type": "clip"});
+        assert!(matches!(
+            Architecture::from_config(&cfg, "m").unwrap(),
+            Architecture::Clip(_)
+        ));
+        let cfg = serde_json::json!({"model_type": "siglip", "text_config": {}});
+        assert!(matches!(
+            Architecture::from_config(&cfg, "m").unwrap(),
+            Architecture::Siglip(_)
         ));
     }
 

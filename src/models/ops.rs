@@ -1,7 +1,38 @@
 //! Small tensor helpers shared by model implementations.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use rayon::prelude::*;
+
+/// `hidden_act` from a config: candle's activations plus CLIP's `quick_gelu`, which candle lacks.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum HiddenAct {
+    /// `x * sigmoid(1.702 x)`, transformers' `QuickGELUActivation`.
+    QuickGelu,
+    Other(candle_nn::Activation),
+}
+
+impl TryFrom<String> for HiddenAct {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        if name == "quick_gelu" {
+            return Ok(Self::QuickGelu);
+        }
+        serde_json::from_value(serde_json::Value::String(name.clone()))
+            .map(Self::Other)
+            .map_err(|_| format!("unsupported hidden_act {name:?}"))
+    }
+}
+
+impl Module for HiddenAct {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Self::Other(act) => act.forward(xs),
+        }
+    }
+}
 
 /// Scaled dot-product attention over `[batch, heads, len, head_dim]` tensors; `mask` is added to
 /// the scores (0 keeps, -inf drops) and broadcast over batch and heads.
@@ -81,6 +112,18 @@ fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_act_parses_quick_gelu_and_candle_names() {
+        let act: HiddenAct = serde_json::from_str(r#""quick_gelu""#).unwrap();
+        assert_eq!(act, HiddenAct::QuickGelu);
+        let act: HiddenAct = serde_json::from_str(r#""gelu_pytorch_tanh""#).unwrap();
+        assert_eq!(
+            act,
+            HiddenAct::Other(candle_nn::Activation::GeluPytorchTanh)
+        );
+        assert!(serde_json::from_str::<HiddenAct>(r#""nope""#).is_err());
+    }
 
     #[test]
     fn single_query_path_equals_batched_matmul() {

@@ -1,0 +1,73 @@
+//! CLIP's text tower (`CLIPTextTransformer` + `text_projection`): causal pre-LN encoder, pooled
+//! at the end-of-text token.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+
+use super::config::ClipTextConfig;
+use super::encoder::Encoder;
+use crate::models::ops::causal_mask;
+
+/// The eos id old openai configs carry; transformers then pools at `argmax(input_ids)`.
+const LEGACY_EOS_TOKEN_ID: u32 = 2;
+
+pub struct TextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+    eos_token_id: u32,
+}
+
+impl TextModel {
+    /// `vb` is `text_model`.
+    pub fn new(cfg: &ClipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        Ok(Self {
+            token_embedding: embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
+            position_embedding: embedding(
+                cfg.max_position_embeddings,
+                d,
+                emb.pp("position_embedding"),
+            )?,
+            encoder: Encoder::new(&cfg.encoder_shape(), vb.pp("encoder"))?,
+            final_layer_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            eos_token_id: cfg.eos_token_id,
+        })
+    }
+
+    /// `[n, len]` u32 ids to pooled, un-projected features `[n, hidden]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (n, len) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+        let x = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(len, 0, x.dtype(), x.device())?;
+        let x = self.encoder.forward(&x, Some(&mask))?;
+        let x = self.final_layer_norm.forward(&x)?;
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let flat: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| (i * len + self.pooled_position(row)) as u32)
+            .collect();
+        let index = Tensor::new(flat, ids.device())?;
+        x.reshape((n * len, ()))?.index_select(&index, 0)
+    }
+
+    // Matches CLIPTextTransformer.forward: legacy configs (eos_token_id == 2) pool at the first
+    // maximum id, others at the first eos_token_id (position 0 when there is none).
+    fn pooled_position(&self, row: &[u32]) -> usize {
+        if self.eos_token_id == LEGACY_EOS_TOKEN_ID {
+            let max = row.iter().copied().max().unwrap_or(0);
+            row.iter().position(|&t| t == max).unwrap_or(0)
+        } else {
+            row.iter()
+                .position(|&t| t == self.eos_token_id)
+                .unwrap_or(0)
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Zero-shot image–text scoring: a loaded contrastive model (CLIP, SigLIP) with its tokenizer and
+//! preprocessing, turning images and label prompts into per-label probabilities.
+
+use candle_core::{DType, Device, Tensor, D};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::caption::{load_tokenizer, read_json};
+use crate::error::{Error, Result};
+use crate::hub::ModelFiles;
+use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
+use crate::preprocess::{Preprocessor, PreprocessorConfig};
+use crate::weights;
+
+pub struct ImageTextModel {
+    encoder: Box<dyn ImageTextEncoder>,
+    tokenizer: Tokenizer,
+    preprocessor: Preprocessor,
+    device: Device,
+    dtype: DType,
+    name: String,
+}
+
+/// Loads a CLIP or SigLIP checkpoint with its tokenizer and image processor.
+pub fn load_image_text(
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<ImageTextModel> {
+    let name = files.source().name();
+    let config = read_json(&files.get("config.json")?)?;
+    let arch = Architecture::from_config(&config, &name)?;
+    let vb = weights::var_builder(&files.weights()?, dtype, device)?;
+    let encoder: Box<dyn ImageTextEncoder> = match &arch {
+        Architecture::Clip(cfg) => Box::new(models::clip::ClipModel::new(cfg, vb)?),
+        Architecture::Siglip(cfg) => Box::new(models::siglip::SiglipModel::new(cfg, vb)?),
+        Architecture::Blip(_) => {
+            return Err(Error::WrongTask {
+                model: name,
+                kind: "a captioning model",
+                command: "caption",
+            })
+        }
+    };
+    let preprocessor = Preprocessor::new(PreprocessorConfig::from_file(
+        &files.get("preprocessor_config.json")?,
+    )?)?;
+    let mut tokenizer = load_tokenizer(files)?;
+    let pad_id = pad_token_id(files, &tokenizer)?;
+    configure_tokenizer(&mut tokenizer, encoder.text_padding(), pad_id, &name)?;
+    Ok(ImageTextModel {
+        encoder,
+        tokenizer,
+        preprocessor,
+        device: device.clone(),
+        dtype,
+        name,
+    })
+}
+
+/// The pad id the checkpoint's own tokenizer uses: `tokenizer.json`'s padding, else
+/// `tokenizer_config.json`'s `pad_token`. (CLIP's `text_config.pad_token_id` is not what its
+/// tokenizer pads with, so the model config is not consulted.)
+fn pad_token_id(files: &ModelFiles, tokenizer: &Tokenizer) -> Result<u32> {
+    if let Some(p) = tokenizer.get_padding() {
+        return Ok(p.pad_id);
+    }
+    let missing = || Error::MissingFile {
+        model: files.source().name(),
+        file: "a pad token (tokenizer.json padding or tokenizer_config.json pad_token)".into(),
+    };
+    let path = files
+        .get_optional("tokenizer_config.json")?
+        .ok_or_else(missing)?;
+    let cfg = read_json(&path)?;
+    let token = match &cfg["pad_token"] {
+        serde_json::Value::String(s) => s.as_str(),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .ok_or_else(missing)?,
+        _ => return Err(missing()),
+    };
+    tokenizer.token_to_id(token).ok_or_else(|| {
+        Error::config(
+            &path,
+            format!("pad_token {token:?} is not in the vocabulary"),
+        )
+    })
+}
+
+// Matches the processors' text call: CLIPProcessor(padding=True, truncation=True) and
+// SiglipProcessor(padding="max_length", truncation=True).
+fn configure_tokenizer(
+    tokenizer: &mut Tokenizer,
+    padding: TextPadding,
+    pad_id: u32,
+    name: &str,
+) -> Result<()> {
+    let (strategy, max_length) = match padding {
+        TextPadding::Longest { max_len } => (PaddingStrategy::BatchLongest, max_len),
+        TextPadding::MaxLength(n) => (PaddingStrategy::Fixed(n), n),
+    };
+    let pad_token = tokenizer.id_to_token(pad_id).unwrap_or_default();
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy,
+        pad_id,
+        pad_token,
+        ..Default::default()
+    }));
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Tokenizer {
+            path: format!("tokenizer.json of {name}"),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// `x / ||x||` along the last dimension.
+fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+}
+
+impl ImageTextModel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    pub fn encoder(&self) -> &dyn ImageTextEncoder {
+        self.encoder.as_ref()
+    }
+
+    /// Token ids for a batch of prompts, padded and truncated the way the model expects.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| {
+                Error::Options(format!("cannot tokenize labels for {}: {e}", self.name))
+            })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Text embeddings `[n, dim]` (projected, not normalized) for a batch of prompts.
+    pub fn encode_texts(&self, texts: &[String]) -> Result<Tensor> {
+        if texts.is_empty() {
+            return Err(Error::Options(
+                "no labels to compare the images with".into(),
+            ));
+        }
+        let ids = self.tokenize(texts)?;
+        let len = ids[0].len();
+        let flat: Vec<u32> = ids.into_iter().flatten().collect();
+        let ids = Tensor::from_vec(flat, (texts.len(), len), &self.device)?;
+        Ok(self.encoder.embed_texts(&ids)?.to_dtype(DType::F32)?)
+    }
+
+    /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
+    pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
+        let (h, w) = self.preprocessor.output_size();
+        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(
+            flat,
+            (pixels.len(), 3, h as usize, w as usize),
+            &self.device,
+        )?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// Image embeddings `[b, dim]` (projected, not normalized).
+    pub fn embed_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(self.encoder.embed_images(&pixels)?.to_dtype(DType::F32)?)
+    }
+
+    /// `logits_per_image` `[b, n]`: scaled cosine similarities, plus the bias for SigLIP.
+    pub fn logits(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+        let img = l2_normalize(&image_embeds.to_dtype(DType::F32)?)?;
+        let txt = l2_normalize(&text_embeds.to_dtype(DType::F32)?)?;
+        let scale = f64::from(self.encoder.logit_scale().exp());
+        let logits = (img.matmul(&txt.t()?)? * scale)?;
+        Ok(match self.encoder.logit_bias() {
+            Some(bias) => (logits + f64::from(bias))?,
+            None => logits,
+        })
+    }
+
+    /// Per-label probabilities `[b, n]`: a softmax over labels (CLIP) or independent sigmoids
+    /// (SigLIP).
+    pub fn scores(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+        let logits = self.logits(image_embeds, text_embeds)?;
+        Ok(match self.encoder.scoring() {
+            Scoring::Softmax => candle_nn::ops::softmax_last_dim(&logits)?,
+            Scoring::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
+        })
+    }
+
+    /// Prompt-ensemble text embeddings `[labels, dim]`, normalized: each template (with `{}`
+    /// standing for the label) is embedded and normalized, the templates are averaged and the
+    /// mean is normalized again (CLIP's zero-shot ImageNet recipe).
+    pub fn ensemble_text_embeds(&self, labels: &[String], templates: &[String]) -> Result<Tensor> {
+        if templates.is_empty() {
+            return Err(Error::Options("no prompt templates given".into()));
+        }
+        let per_template = templates
+            .iter()
+            .map(|t| {
+                let prompts: Vec<String> = labels.iter().map(|l| t.replace("{}", l)).collect();
+                l2_normalize(&self.encode_texts(&prompts)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mean = Tensor::stack(&per_template, 0)?.mean(0)?;
+        l2_normalize(&mean)
+    }
+}
