@@ -164,14 +164,7 @@ impl ImageTextModel {
 
     /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
     pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
-        let (h, w) = self.preprocessor.output_size();
-        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
-        let t = Tensor::from_vec(
-            flat,
-            (pixels.len(), 3, h as usize, w as usize),
-            &self.device,
-        )?;
-        Ok(t.to_dtype(self.dtype)?)
+        self.preprocessor.batch(pixels, &self.device, self.dtype)
     }
 
     /// Image embeddings `[b, dim]` (projected, not normalized).

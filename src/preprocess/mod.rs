@@ -134,6 +134,19 @@ impl Preprocessor {
         (self.out_height, self.out_width)
     }
 
+    /// Stacks CHW buffers from [`Preprocessor::apply`] into a `[batch, 3, H, W]` tensor.
+    pub fn batch(
+        &self,
+        pixels: &[Vec<f32>],
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> Result<candle_core::Tensor> {
+        let (h, w) = self.output_size();
+        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let shape = (pixels.len(), 3, h as usize, w as usize);
+        Ok(candle_core::Tensor::from_vec(flat, shape, device)?.to_dtype(dtype)?)
+    }
+
     /// Pixel values in CHW order, `3 * height * width` floats.
     pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
         let resized = self.resize(image);
