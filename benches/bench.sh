@@ -62,6 +62,11 @@ for c in "${ALL_CASES[@]}"; do
 done
 [ ${#RUN_CASES[@]} -gt 0 ] || die "no case selected (CASES=$CASES)"
 
+mkdir -p "$OUT_ROOT"
+# Two benchmarks at once on the same machine would spoil both: take turns.
+exec 9>"$OUT_ROOT/.bench.lock"
+flock -n 9 || { echo "another bench.sh is running; waiting for it ..." >&2; flock 9; }
+
 # 1. Models.
 need=()
 for c in "${RUN_CASES[@]}"; do
