@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -145,17 +145,6 @@ impl SafetensorsFiles {
                 })?;
         }
         Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
-    }
-
-    /// Names of all tensors, for diagnostics.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
-    pub fn path(&self, name: &str) -> Option<&Path> {
-        self.entries
-            .get(name)
-            .map(|e| self.files[e.file].0.as_path())
     }
 }
 

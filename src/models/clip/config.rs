@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::encoder::EncoderShape;
+use super::encoder::impl_encoder_shape;
 use crate::models::ops::HiddenAct;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,31 +82,7 @@ fn d_projection() -> usize {
     512
 }
 
-impl ClipTextConfig {
-    pub fn encoder_shape(&self) -> EncoderShape {
-        EncoderShape {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
-}
-
-impl ClipVisionConfig {
-    pub fn encoder_shape(&self) -> EncoderShape {
-        EncoderShape {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
-}
+impl_encoder_shape!(ClipTextConfig, ClipVisionConfig);
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,26 @@ pub struct EncoderShape {
     pub layer_norm_eps: f64,
 }
 
+/// Gives config structs with the six encoder fields an `encoder_shape()` (CLIP and SigLIP,
+/// text and vision, all name them alike).
+macro_rules! impl_encoder_shape {
+    ($($config:ty),+ $(,)?) => {$(
+        impl $config {
+            pub fn encoder_shape(&self) -> $crate::models::clip::encoder::EncoderShape {
+                $crate::models::clip::encoder::EncoderShape {
+                    hidden_size: self.hidden_size,
+                    intermediate_size: self.intermediate_size,
+                    num_hidden_layers: self.num_hidden_layers,
+                    num_attention_heads: self.num_attention_heads,
+                    hidden_act: self.hidden_act,
+                    layer_norm_eps: self.layer_norm_eps,
+                }
+            }
+        }
+    )+};
+}
+pub(crate) use impl_encoder_shape;
+
 /// `fc2(act(fc1(x)))`, `CLIPMLP` / `SiglipMLP`.
 pub struct Mlp {
     fc1: Linear,

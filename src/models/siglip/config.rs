@@ -4,7 +4,7 @@
 use candle_nn::Activation;
 use serde::Deserialize;
 
-use crate::models::clip::encoder::EncoderShape;
+use crate::models::clip::encoder::impl_encoder_shape;
 use crate::models::ops::HiddenAct;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,31 +80,7 @@ pub struct SiglipConfig {
     pub vision_config: SiglipVisionConfig,
 }
 
-impl SiglipTextConfig {
-    pub fn encoder_shape(&self) -> EncoderShape {
-        EncoderShape {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
-}
-
-impl SiglipVisionConfig {
-    pub fn encoder_shape(&self) -> EncoderShape {
-        EncoderShape {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
-}
+impl_encoder_shape!(SiglipTextConfig, SiglipVisionConfig);
 
 #[cfg(test)]
 mod tests {
