@@ -16,6 +16,8 @@ const SKINNY_MAX_ROWS: usize = 32;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The bias as host floats, read once for the streaming path (CPU f32 only).
+    bias_host: Option<Vec<f32>>,
 }
 
 /// `vb.get((out, in), "weight")` and `vb.get(out, "bias")`, as `candle_nn::linear`.
@@ -32,7 +34,15 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        let bias_host = bias
+            .as_ref()
+            .filter(|b| matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32)
+            .and_then(|b| b.to_vec1::<f32>().ok());
+        Self {
+            weight,
+            bias,
+            bias_host,
+        }
     }
 
     fn skinny_applies(&self, rows: usize) -> bool {
@@ -40,6 +50,7 @@ impl Linear {
             && matches!(self.weight.device(), Device::Cpu)
             && self.weight.dtype() == DType::F32
             && self.weight.is_contiguous()
+            && self.bias.is_some() == self.bias_host.is_some()
     }
 }
 
@@ -51,7 +62,7 @@ impl Module for Linear {
             .expect("linear input has at least one dimension");
         let rows: usize = lead.iter().product();
         let out_dim = self.weight.dim(0)?;
-        let y = if self.skinny_applies(rows) && x.dtype() == DType::F32 {
+        if self.skinny_applies(rows) && x.dtype() == DType::F32 {
             let x2 = x.reshape((rows, *in_dim))?.contiguous()?;
             let xs = x2.flatten_all()?.to_vec1::<f32>()?;
             let (storage, layout) = self.weight.storage_and_layout();
@@ -59,17 +70,11 @@ impl Module for Linear {
                 unreachable!("skinny path is CPU only")
             };
             let w = &cpu.as_slice::<f32>()?[layout.start_offset()..][..out_dim * in_dim];
-            let bias = match &self.bias {
-                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => None,
-            };
-            let y = skinny_matmul(&xs, rows, w, out_dim, *in_dim, bias.as_deref());
+            let y = skinny_matmul(&xs, rows, w, out_dim, *in_dim, self.bias_host.as_deref());
             return Tensor::from_vec(y, (rows, out_dim), x.device())?
                 .reshape([lead, &[out_dim]].concat());
-        } else {
-            let x2 = x.reshape((rows, *in_dim))?;
-            x2.matmul(&self.weight.t()?)?
-        };
+        }
+        let y = x.reshape((rows, *in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
