@@ -1,0 +1,160 @@
+//! Label lists, prompt templates and tag vocabularies: the shipped ones in `prompts/` (compiled into the
+//! binary, so they work from any directory) and the user's own files.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Shipped template sets, by name (`prompts/templates/NAME.txt`).
+const TEMPLATES: &[(&str, &str)] = &[
+    ("default", include_str!("../prompts/templates/default.txt")),
+    ("single", include_str!("../prompts/templates/single.txt")),
+];
+
+/// Shipped vocabularies, by name (`prompts/vocab/NAME.txt`).
+const VOCABS: &[(&str, &str)] = &[
+    ("everyday", include_str!("../prompts/vocab/everyday.txt")),
+    ("coco", include_str!("../prompts/vocab/coco.txt")),
+];
+
+/// The template ensemble used when none is given.
+pub const DEFAULT_TEMPLATES: &str = "default";
+/// The vocabulary `glance label` uses when none is given.
+pub const DEFAULT_VOCAB: &str = "everyday";
+
+/// Entries of a list file: one per line, surrounding blanks trimmed, blank lines and lines starting
+/// with `#` ignored.
+pub fn parse_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Labels from `--labels "cat, dog"`: comma-separated, trimmed, empty items dropped.
+pub fn parse_label_arg(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Reads a list file (see [`parse_list`]).
+pub fn read_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(parse_list(&text))
+}
+
+/// A shipped list by name, or else a file at `spec`.
+fn shipped_or_file(spec: &str, shipped: &[(&str, &str)], what: &str) -> Result<Vec<String>> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return read_list(path);
+    }
+    if let Some((_, text)) = shipped.iter().find(|(name, _)| *name == spec) {
+        return Ok(parse_list(text));
+    }
+    let names: Vec<&str> = shipped.iter().map(|(n, _)| *n).collect();
+    Err(Error::Options(format!(
+        "{what} '{spec}' is neither a file nor a shipped one ({})",
+        names.join(", ")
+    )))
+}
+
+/// Templates from a file or a shipped set's name, checked (see [`check_templates`]).
+pub fn templates(spec: &str) -> Result<Vec<String>> {
+    let templates = shipped_or_file(spec, TEMPLATES, "template set")?;
+    check_templates(&templates, spec)?;
+    Ok(templates)
+}
+
+/// A vocabulary from a file or a shipped name, checked (see [`check_labels`]).
+pub fn vocab(spec: &str) -> Result<Vec<String>> {
+    let tags = shipped_or_file(spec, VOCABS, "vocabulary")?;
+    check_labels(&tags, spec)?;
+    Ok(tags)
+}
+
+/// Every template must hold `{}` where the label goes.
+pub fn check_templates(templates: &[String], source: &str) -> Result<()> {
+    if templates.is_empty() {
+        return Err(Error::Options(format!("no templates in '{source}'")));
+    }
+    if let Some(bad) = templates.iter().find(|t| !t.contains("{}")) {
+        return Err(Error::Options(format!(
+            "template '{bad}' from '{source}' has no {{}} where the label goes"
+        )));
+    }
+    Ok(())
+}
+
+/// A label set must be non-empty and without repeats (a repeated label would split its probability).
+pub fn check_labels(labels: &[String], source: &str) -> Result<()> {
+    if labels.is_empty() {
+        return Err(Error::Options(format!("no labels in '{source}'")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        return Err(Error::Options(format!(
+            "label '{dup}' appears twice in '{source}'"
+        )));
+    }
+    Ok(())
+}
+
+/// `template` with its `{}` replaced by `label`.
+pub fn fill(template: &str, label: &str) -> String {
+    template.replace("{}", label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_label_args() {
+        assert_eq!(
+            parse_list("# tags\n cat \n\n dog\n#x\nsea lion\n"),
+            ["cat", "dog", "sea lion"]
+        );
+        assert_eq!(
+            parse_label_arg(" cat, dog,,sea lion ,"),
+            ["cat", "dog", "sea lion"]
+        );
+        assert_eq!(fill("a photo of a {}.", "cat"), "a photo of a cat.");
+        assert_eq!(fill("{}", "cat"), "cat");
+    }
+
+    #[test]
+    fn shipped_lists_load_and_are_clean() {
+        for (name, _) in TEMPLATES {
+            assert!(!templates(name).unwrap().is_empty(), "{name}");
+        }
+        assert_eq!(vocab("coco").unwrap().len(), 80);
+        assert!(vocab("everyday").unwrap().len() >= 200);
+        let err = vocab("nonesuch").unwrap_err().to_string();
+        assert!(err.contains("'nonesuch'") && err.contains("coco"), "{err}");
+    }
+
+    #[test]
+    fn bad_templates_and_labels_are_named() {
+        let err = check_templates(&["a photo".into()], "t.txt").unwrap_err();
+        assert!(err.to_string().contains("'a photo' from 't.txt'"), "{err}");
+        let err = check_labels(&["cat".into(), "cat".into()], "--labels").unwrap_err();
+        assert!(err.to_string().contains("'cat' appears twice"), "{err}");
+        assert!(check_labels(&[], "l.txt").is_err());
+    }
+
+    #[test]
+    fn a_file_wins_over_a_shipped_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.txt");
+        std::fs::write(&path, "{} in the wild\n").unwrap();
+        assert_eq!(
+            templates(path.to_str().unwrap()).unwrap(),
+            ["{} in the wild"]
+        );
+    }
+}
