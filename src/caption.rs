@@ -119,7 +119,7 @@ impl Captioner {
     }
 
     /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
-    pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
+    pub fn pixels_to_tensor(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Tensor> {
         self.preprocessor.batch(pixels, &self.device, self.dtype)
     }
 
@@ -184,6 +184,8 @@ impl Captioner {
 
 /// Captioning as a runner stage: fields `caption` (and `captions`, `score` when asked for).
 pub struct CaptionStage {
+    /// "caption", or the stage's name in a pipeline.
+    pub name: String,
     pub captioner: Captioner,
     pub prompt_ids: Vec<u32>,
     pub params: GenerationParams,
@@ -202,6 +204,7 @@ impl CaptionStage {
             max_new_tokens.unwrap_or_else(|| captioner.default_max_new_tokens(prompt_ids.len()));
         params.validate()?;
         Ok(Self {
+            name: "caption".into(),
             captioner,
             prompt_ids,
             params,
@@ -210,6 +213,10 @@ impl CaptionStage {
 }
 
 impl crate::runner::Stage for CaptionStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn preprocessor(&self) -> &Preprocessor {
         self.captioner.preprocessor()
     }
@@ -219,7 +226,7 @@ impl crate::runner::Stage for CaptionStage {
         batch: &[crate::runner::Prepared],
         index: usize,
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-        let pixels: Vec<Vec<f32>> = batch.iter().map(|p| p.pixels[index].clone()).collect();
+        let pixels: Vec<&[f32]> = batch.iter().map(|p| p.pixels[index].as_slice()).collect();
         let tensor = self.captioner.pixels_to_tensor(&pixels)?;
         let seeds: Vec<u64> = batch
             .iter()

@@ -2,6 +2,7 @@
 //! models, on candle.
 
 pub mod caption;
+pub mod classify;
 pub mod device;
 pub mod error;
 pub mod generation;
@@ -10,8 +11,11 @@ pub mod image_io;
 pub mod inputs;
 pub mod models;
 pub mod output;
+pub mod pipeline;
 pub mod preprocess;
+pub mod prompts;
 pub mod runner;
+pub mod sort;
 pub mod weights;
 pub mod zero_shot;
 

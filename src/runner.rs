@@ -28,6 +28,9 @@ pub struct Prepared {
 
 /// A step of a run: turns a batch of prepared images into record fields, one map per image.
 pub trait Stage {
+    /// The stage's name ("caption", "classify", "label" or a pipeline's own): a field another stage
+    /// already wrote is stored as `<name>_<field>` instead.
+    fn name(&self) -> &str;
     fn preprocessor(&self) -> &Preprocessor;
     /// `index` is this stage's position, i.e. which `Prepared::pixels` entry is its own.
     fn run(&mut self, batch: &[Prepared], index: usize) -> crate::Result<Vec<Map<String, Value>>>;
@@ -124,7 +127,7 @@ pub fn run(
                 match stage.run(&ready, s) {
                     Ok(out) => {
                         for (f, o) in fields.iter_mut().zip(out) {
-                            f.extend(o);
+                            merge(f, o, stage.name());
                         }
                     }
                     Err(e) => {
@@ -169,6 +172,19 @@ pub fn run(
         Ok(())
     })?;
     finish(sink, report, started, &bar)
+}
+
+/// Adds a stage's fields to a record's; a name taken by an earlier stage gets the stage's name in
+/// front (`score` of stage `classify` → `classify_score`).
+fn merge(fields: &mut Map<String, Value>, new: Map<String, Value>, stage: &str) {
+    for (k, v) in new {
+        let key = if fields.contains_key(&k) {
+            format!("{stage}_{k}")
+        } else {
+            k
+        };
+        fields.insert(key, v);
+    }
 }
 
 fn finish(
@@ -255,4 +271,34 @@ fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
         .expect("valid progress template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_prefixes_taken_fields_with_the_stage_name() {
+        let mut fields = Map::new();
+        merge(
+            &mut fields,
+            serde_json::json!({"caption": "a cat", "score": -1.5})
+                .as_object()
+                .unwrap()
+                .clone(),
+            "caption",
+        );
+        merge(
+            &mut fields,
+            serde_json::json!({"label": "cat", "score": 0.9})
+                .as_object()
+                .unwrap()
+                .clone(),
+            "classify",
+        );
+        assert_eq!(
+            Value::Object(fields),
+            serde_json::json!({"caption": "a cat", "score": -1.5, "label": "cat", "classify_score": 0.9})
+        );
+    }
 }

@@ -11,6 +11,10 @@ use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
 use crate::weights;
 
+/// Prompts per text-encoder pass: large enough to keep the matmuls efficient, small enough that
+/// thousands of labels do not hold thousands of activations at once.
+pub const TEXT_BATCH: usize = 256;
+
 pub struct ImageTextModel {
     encoder: Box<dyn ImageTextEncoder>,
     tokenizer: Tokenizer,
@@ -148,22 +152,29 @@ impl ImageTextModel {
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
-    /// Text embeddings `[n, dim]` (projected, not normalized) for a batch of prompts.
+    /// Text embeddings `[n, dim]` (projected, not normalized) for a list of prompts, encoded in
+    /// batches of [`TEXT_BATCH`].
     pub fn encode_texts(&self, texts: &[String]) -> Result<Tensor> {
         if texts.is_empty() {
             return Err(Error::Options(
                 "no labels to compare the images with".into(),
             ));
         }
-        let ids = self.tokenize(texts)?;
-        let len = ids[0].len();
-        let flat: Vec<u32> = ids.into_iter().flatten().collect();
-        let ids = Tensor::from_vec(flat, (texts.len(), len), &self.device)?;
-        Ok(self.encoder.embed_texts(&ids)?.to_dtype(DType::F32)?)
+        let chunks = texts
+            .chunks(TEXT_BATCH)
+            .map(|chunk| {
+                let ids = self.tokenize(chunk)?;
+                let len = ids[0].len();
+                let flat: Vec<u32> = ids.into_iter().flatten().collect();
+                let ids = Tensor::from_vec(flat, (chunk.len(), len), &self.device)?;
+                Ok(self.encoder.embed_texts(&ids)?.to_dtype(DType::F32)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&chunks, 0)?)
     }
 
     /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
-    pub fn pixels_to_tensor(&self, pixels: &[Vec<f32>]) -> Result<Tensor> {
+    pub fn pixels_to_tensor(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Tensor> {
         self.preprocessor.batch(pixels, &self.device, self.dtype)
     }
 
@@ -193,6 +204,24 @@ impl ImageTextModel {
             Scoring::Softmax => candle_nn::ops::softmax_last_dim(&logits)?,
             Scoring::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
         })
+    }
+
+    /// Per-label scores `[b, n]` that do not depend on the other labels, for multi-label use:
+    /// SigLIP's sigmoid probabilities, and for CLIP (whose softmax is relative to the label set)
+    /// the cosine similarity of the embeddings.
+    pub fn independent_scores(
+        &self,
+        image_embeds: &Tensor,
+        text_embeds: &Tensor,
+    ) -> Result<Tensor> {
+        match self.encoder.scoring() {
+            Scoring::Sigmoid => self.scores(image_embeds, text_embeds),
+            Scoring::Softmax => {
+                let img = l2_normalize(&image_embeds.to_dtype(DType::F32)?)?;
+                let txt = l2_normalize(&text_embeds.to_dtype(DType::F32)?)?;
+                Ok(img.matmul(&txt.t()?)?)
+            }
+        }
     }
 
     /// Prompt-ensemble text embeddings `[labels, dim]`, normalized: each template (with `{}`

@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::jsonl::{lines_file, repair_lines_file, LineWriter};
-use super::{coco, read_if_exists, with_suffix, write_atomic};
+use super::LabelStudioOptions;
+use super::{coco, label_studio, read_if_exists, with_suffix, write_atomic};
 use super::{Format, OutputOptions, Record, RecordSink, ResumeState, Summary};
 
 /// The journal beside a whole-document output.
@@ -26,6 +27,7 @@ enum Target {
 pub(crate) struct DocumentSink {
     format: Format,
     text_field: String,
+    label_studio: LabelStudioOptions,
     target: Target,
     /// Records kept from an earlier run, then this run's, in order.
     records: Vec<Record>,
@@ -73,6 +75,7 @@ pub(crate) fn open(
     let sink = DocumentSink {
         format: opts.format,
         text_field: opts.text_field.clone(),
+        label_studio: opts.label_studio.clone(),
         target,
         records,
         summary: Summary::default(),
@@ -90,6 +93,8 @@ fn load_document(path: &Path, opts: &OutputOptions) -> Result<Vec<Record>> {
     })?;
     let records = match opts.format {
         Format::Coco => coco::parse(&value, &opts.text_field)
+            .with_context(|| format!("cannot resume from '{}'", path.display()))?,
+        Format::LabelStudio => label_studio::parse(&value)
             .with_context(|| format!("cannot resume from '{}'", path.display()))?,
         _ => {
             let Value::Array(items) = value else {
@@ -123,6 +128,7 @@ impl DocumentSink {
     fn render(&self) -> Result<Vec<u8>> {
         let doc = match self.format {
             Format::Coco => coco::render(&self.records, &self.text_field),
+            Format::LabelStudio => label_studio::render(&self.records, &self.label_studio),
             _ => Value::Array(self.records.iter().map(Record::to_json).collect()),
         };
         let mut bytes = serde_json::to_vec_pretty(&doc).context("cannot serialize document")?;

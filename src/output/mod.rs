@@ -27,6 +27,9 @@
 //!   caption}], "errors": [{file_name, error}]}`; ids from 1 in record order; width/height from the fields of
 //!   those names (left out when missing); the caption text from `text_field` (an array of strings gives one
 //!   annotation each). Written at finish.
+//! - **Label Studio**: a JSON array of tasks `{"data": {"image", "file"}, "predictions": [{"model_version",
+//!   "score", "result"}]}` with labels as a `choices` result and a caption as a `textarea` result (see
+//!   `label_studio.rs`); failed records are left out. Written at finish, journaled like JSON.
 //! - **TXT sidecars**: for each successful record, the text of `text_field` is written to the image's path with
 //!   its extension replaced by `sidecar_ext` (`/a/b/img.jpg` → `/a/b/img.txt`), atomically (tmp + rename),
 //!   without a trailing newline, following [`Existing`] when the file exists. Error records write nothing and
@@ -36,7 +39,7 @@
 //! is an error for the sidecar and COCO sinks (that is a misconfiguration: nothing useful would be written).
 //!
 //! # Crash safety and resume
-//! JSON and COCO are whole documents: each record is also appended and flushed to a journal
+//! JSON, COCO and Label Studio are whole documents: each record is also appended and flushed to a journal
 //! `<FILE>.partial.jsonl` as it arrives; at finish the document goes to `<FILE>.tmp`, is synced and renamed
 //! over `<FILE>`, and the journal is deleted. With stdout there is no journal.
 //!
@@ -55,11 +58,13 @@ mod coco;
 mod csv;
 mod json;
 mod jsonl;
+mod label_studio;
 mod record;
 mod resume;
 mod sidecar;
 
 pub use json::journal_path;
+pub use label_studio::LabelStudioOptions;
 pub use record::{csv_cell, value_text, Record};
 
 use std::collections::HashSet;
@@ -83,9 +88,10 @@ pub enum Format {
     Csv,
     Coco,
     Txt,
+    LabelStudio,
 }
 
-const FORMAT_NAMES: &str = "jsonl, json, csv, coco, txt";
+const FORMAT_NAMES: &str = "jsonl, json, csv, coco, txt, labelstudio";
 
 impl Format {
     /// Infers the format from an output path's extension: `.jsonl`/`.ndjson`, `.json`, `.csv`, `.txt`.
@@ -119,6 +125,7 @@ impl FromStr for Format {
             "csv" => Ok(Format::Csv),
             "coco" => Ok(Format::Coco),
             "txt" | "sidecar" => Ok(Format::Txt),
+            "labelstudio" | "label-studio" | "ls" => Ok(Format::LabelStudio),
             _ => Err(OptionError(format!(
                 "unknown output format '{s}'; choose one of {FORMAT_NAMES}"
             ))),
@@ -134,6 +141,7 @@ impl fmt::Display for Format {
             Format::Csv => "csv",
             Format::Coco => "coco",
             Format::Txt => "txt",
+            Format::LabelStudio => "labelstudio",
         })
     }
 }
@@ -191,6 +199,8 @@ pub struct OutputOptions {
     pub sidecar_ext: String,
     pub existing: Existing,
     pub resume: bool,
+    /// Control names for `Format::LabelStudio`.
+    pub label_studio: LabelStudioOptions,
 }
 
 impl Default for OutputOptions {
@@ -203,6 +213,7 @@ impl Default for OutputOptions {
             sidecar_ext: "txt".into(),
             existing: Existing::Skip,
             resume: false,
+            label_studio: LabelStudioOptions::default(),
         }
     }
 }
@@ -298,7 +309,7 @@ pub fn open_sink_with_stdout(
     match opts.format {
         Format::Jsonl => jsonl::open(opts, stdout),
         Format::Csv => csv::open(opts, stdout),
-        Format::Json | Format::Coco => json::open(opts, stdout),
+        Format::Json | Format::Coco | Format::LabelStudio => json::open(opts, stdout),
         Format::Txt => Ok(sidecar::open(opts)),
     }
 }

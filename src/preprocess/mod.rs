@@ -137,12 +137,15 @@ impl Preprocessor {
     /// Stacks CHW buffers from [`Preprocessor::apply`] into a `[batch, 3, H, W]` tensor.
     pub fn batch(
         &self,
-        pixels: &[Vec<f32>],
+        pixels: &[impl AsRef<[f32]>],
         device: &candle_core::Device,
         dtype: candle_core::DType,
     ) -> Result<candle_core::Tensor> {
         let (h, w) = self.output_size();
-        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let flat: Vec<f32> = pixels
+            .iter()
+            .flat_map(|p| p.as_ref().iter().copied())
+            .collect();
         let shape = (pixels.len(), 3, h as usize, w as usize);
         Ok(candle_core::Tensor::from_vec(flat, shape, device)?.to_dtype(dtype)?)
     }

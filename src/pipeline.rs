@@ -1,0 +1,557 @@
+//! Pipeline files (`glance run pipelines/NAME.toml`): several stages — caption, classify, label —
+//! run over each image in one pass (decoded once), their fields merged into one record.
+//!
+//! ```toml
+//! [[stage]]
+//! task = "caption"                      # caption | classify | label
+//! model = "Salesforce/blip-image-captioning-base"
+//! num_beams = 3
+//!
+//! [[stage]]
+//! task = "label"
+//! model = "openai/clip-vit-base-patch32"
+//! vocab = "everyday"                    # a shipped vocabulary or a file (relative to this file)
+//! threshold = 0.25
+//!
+//! [output]
+//! text_field = "caption"                # what --format txt / coco write
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+
+use crate::caption::{CaptionStage, Captioner};
+use crate::classify::{default_threshold, Mode, ZeroShotStage};
+use crate::error::{Error, Result};
+use crate::generation::GenerationParams;
+use crate::hub::{ModelFiles, ModelSource};
+use crate::prompts;
+use crate::runner::Stage;
+use crate::zero_shot::load_image_text;
+
+/// The captioning model used when none is named.
+pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
+/// The image–text model used for classify and label when none is named.
+pub const DEFAULT_ZERO_SHOT_MODEL: &str = "openai/clip-vit-base-patch32";
+
+/// Presets shipped in `pipelines/` (compiled in, so `--pipeline NAME` works anywhere).
+const PRESETS: &[(&str, &str)] = &[
+    (
+        "caption-tags",
+        include_str!("../pipelines/caption-tags.toml"),
+    ),
+    (
+        "coco-annotate",
+        include_str!("../pipelines/coco-annotate.toml"),
+    ),
+    ("sort-photos", include_str!("../pipelines/sort-photos.toml")),
+];
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageSpec>,
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Where relative paths in the file are taken from (the file's folder).
+    #[serde(skip)]
+    pub base: PathBuf,
+    /// The file or preset it came from, for messages.
+    #[serde(skip)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The field `--format txt` sidecars and COCO captions hold (default: the first stage's).
+    pub text_field: Option<String>,
+    /// CSV columns (default: `file`, each stage's main fields, `error`).
+    pub csv_columns: Option<Vec<String>>,
+}
+
+/// One stage; `name` (default: the task) prefixes its fields when an earlier stage took them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
+pub enum StageSpec {
+    Caption {
+        name: Option<String>,
+        model: Option<String>,
+        revision: Option<String>,
+        #[serde(flatten)]
+        options: CaptionSpec,
+    },
+    Classify {
+        name: Option<String>,
+        model: Option<String>,
+        revision: Option<String>,
+        #[serde(flatten)]
+        labels: LabelSpec,
+        #[serde(default = "default_top_k")]
+        top_k: usize,
+        #[serde(default)]
+        multi_label: bool,
+        threshold: Option<f32>,
+        min_score: Option<f32>,
+    },
+    Label {
+        name: Option<String>,
+        model: Option<String>,
+        revision: Option<String>,
+        #[serde(flatten)]
+        labels: LabelSpec,
+        threshold: Option<f32>,
+        #[serde(default = "default_max_tags")]
+        max_tags: usize,
+    },
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// The default `--max-tags`.
+pub fn default_max_tags() -> usize {
+    20
+}
+
+/// Where the labels and templates of a zero-shot stage come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LabelSpec {
+    /// Labels written out.
+    pub labels: Option<Vec<String>>,
+    /// A file of labels, one per line.
+    pub labels_file: Option<String>,
+    /// A vocabulary: shipped name or file.
+    pub vocab: Option<String>,
+    /// One template with `{}` for the label.
+    pub template: Option<String>,
+    /// A template set: shipped name or file.
+    pub templates: Option<String>,
+}
+
+/// Decoding options of a caption stage (the `glance caption` flags, snake_case).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CaptionSpec {
+    pub prompt: Option<String>,
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub num_beams: Option<usize>,
+    pub length_penalty: Option<f32>,
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub repetition_penalty: Option<f32>,
+    pub num_return_sequences: Option<usize>,
+}
+
+impl CaptionSpec {
+    pub fn params(&self) -> GenerationParams {
+        let d = GenerationParams::default();
+        GenerationParams {
+            min_new_tokens: self.min_new_tokens.unwrap_or(d.min_new_tokens),
+            num_beams: self.num_beams.unwrap_or(d.num_beams),
+            length_penalty: self.length_penalty.unwrap_or(d.length_penalty),
+            do_sample: self.do_sample.unwrap_or(d.do_sample),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            seed: self.seed.unwrap_or(d.seed),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            num_return_sequences: self.num_return_sequences.unwrap_or(d.num_return_sequences),
+            ..d
+        }
+    }
+}
+
+impl LabelSpec {
+    /// The label list: exactly one of `labels`, `labels_file`, `vocab` (for `label` stages, the
+    /// shipped default vocabulary when none is given).
+    pub fn labels(&self, base: &Path, default_vocab: Option<&str>) -> Result<Vec<String>> {
+        let given = [
+            self.labels.is_some(),
+            self.labels_file.is_some(),
+            self.vocab.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Error::Options(
+                "give only one of labels, labels_file and vocab".into(),
+            ));
+        }
+        let labels = if let Some(labels) = &self.labels {
+            let labels: Vec<String> = labels.iter().map(|l| l.trim().to_string()).collect();
+            prompts::check_labels(&labels, "labels")?;
+            labels
+        } else if let Some(file) = &self.labels_file {
+            let path = resolve(base, file);
+            let labels = prompts::read_list(&path)?;
+            prompts::check_labels(&labels, &path.display().to_string())?;
+            labels
+        } else if let Some(vocab) = self.vocab.as_deref().or(default_vocab) {
+            prompts::vocab(&resolve(base, vocab).to_string_lossy())?
+        } else {
+            return Err(Error::Options(
+                "no labels: give labels, labels_file or vocab".into(),
+            ));
+        };
+        Ok(labels)
+    }
+
+    /// The templates: `template`, else `templates`, else the shipped default ensemble.
+    pub fn templates(&self, base: &Path) -> Result<Vec<String>> {
+        match (&self.template, &self.templates) {
+            (Some(_), Some(_)) => Err(Error::Options(
+                "give either template or templates, not both".into(),
+            )),
+            (Some(t), None) => {
+                let t = vec![t.clone()];
+                prompts::check_templates(&t, "template")?;
+                Ok(t)
+            }
+            (None, Some(set)) => prompts::templates(&resolve(base, set).to_string_lossy()),
+            (None, None) => prompts::templates(prompts::DEFAULT_TEMPLATES),
+        }
+    }
+}
+
+const COMMON_KEYS: &[&str] = &["task", "name", "model", "revision"];
+const LABEL_KEYS: &[&str] = &["labels", "labels_file", "vocab", "template", "templates"];
+
+/// Unknown keys in a `[[stage]]` are errors (a misspelt option must not be ignored); serde cannot
+/// say so through the flattened option groups, so the keys are checked here.
+fn check_stage_keys(doc: &toml::Table) -> std::result::Result<(), String> {
+    let Some(toml::Value::Array(stages)) = doc.get("stage") else {
+        return Ok(());
+    };
+    for (i, stage) in stages.iter().enumerate() {
+        let Some(table) = stage.as_table() else {
+            continue;
+        };
+        let task = table
+            .get("task")
+            .and_then(toml::Value::as_str)
+            .unwrap_or("");
+        let own: &[&str] = match task {
+            "caption" => &[
+                "prompt",
+                "max_new_tokens",
+                "min_new_tokens",
+                "num_beams",
+                "length_penalty",
+                "do_sample",
+                "temperature",
+                "top_k",
+                "top_p",
+                "seed",
+                "repetition_penalty",
+                "num_return_sequences",
+            ],
+            "classify" => &["top_k", "multi_label", "threshold", "min_score"],
+            "label" => &["threshold", "max_tags"],
+            _ => continue, // serde names the bad task
+        };
+        for key in table.keys() {
+            let known = COMMON_KEYS.contains(&key.as_str())
+                || own.contains(&key.as_str())
+                || (task != "caption" && LABEL_KEYS.contains(&key.as_str()));
+            if !known {
+                return Err(format!(
+                    "stage {} ({task}) has an unknown option '{key}'",
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `name` relative to `base` when that file exists there, else as given (a shipped name, or a
+/// path relative to the working directory).
+fn resolve(base: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_relative() && base.join(p).exists() {
+        base.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+impl Pipeline {
+    /// Parses pipeline text; `base` is the folder relative paths start from.
+    pub fn parse(text: &str, base: &Path, source: &str) -> Result<Pipeline> {
+        let bad = |m: String| Error::Options(format!("pipeline {source}: {m}"));
+        let value: toml::Table = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        check_stage_keys(&value).map_err(bad)?;
+        let mut p: Pipeline = value
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+        if p.stages.is_empty() {
+            return Err(Error::Options(format!(
+                "pipeline {source} has no [[stage]]"
+            )));
+        }
+        p.base = base.to_path_buf();
+        p.source = source.to_string();
+        Ok(p)
+    }
+
+    /// A pipeline file, or else a shipped preset of that name.
+    pub fn load(spec: &str) -> Result<Pipeline> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            return Self::parse(&text, base, &path.display().to_string());
+        }
+        Self::preset(spec)
+    }
+
+    /// A shipped preset by name.
+    pub fn preset(name: &str) -> Result<Pipeline> {
+        match PRESETS.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => Self::parse(text, Path::new("."), &format!("preset '{name}'")),
+            None => Err(Error::Options(format!(
+                "no pipeline file or preset '{name}'; presets: {}",
+                preset_names().join(", ")
+            ))),
+        }
+    }
+
+    /// Each stage's name (its `name`, else its task).
+    pub fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(StageSpec::name).collect()
+    }
+
+    /// The field sidecars and COCO captions hold: `[output] text_field`, else the first stage's
+    /// main field.
+    pub fn text_field(&self) -> String {
+        self.output
+            .text_field
+            .clone()
+            .unwrap_or_else(|| self.stages[0].fields()[0].to_string())
+    }
+
+    /// CSV columns: `[output] csv_columns`, else `file`, each stage's main fields (prefixed by
+    /// the stage name where an earlier stage has the same field, as in the records), `error`.
+    pub fn csv_columns(&self) -> Vec<String> {
+        if let Some(cols) = &self.output.csv_columns {
+            return cols.clone();
+        }
+        let mut cols = vec!["file".to_string()];
+        for stage in &self.stages {
+            for f in stage.fields() {
+                let col = if cols.iter().any(|c| c == f) {
+                    format!("{}_{f}", stage.name())
+                } else {
+                    f.to_string()
+                };
+                cols.push(col);
+            }
+        }
+        cols.push("error".into());
+        cols
+    }
+
+    /// Loads every stage's model (text prompts are embedded here, once).
+    pub fn build(&self, device: &Device, dtype: DType) -> Result<Vec<Box<dyn Stage>>> {
+        self.stages
+            .iter()
+            .map(|s| s.build(&self.base, device, dtype))
+            .collect()
+    }
+}
+
+/// Names of the shipped presets.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+fn model_files(
+    model: &Option<String>,
+    revision: &Option<String>,
+    default: &str,
+) -> Result<ModelFiles> {
+    let model = model.as_deref().unwrap_or(default);
+    ModelFiles::new(ModelSource::parse(model, revision.as_deref()))
+}
+
+impl StageSpec {
+    pub fn name(&self) -> String {
+        let (name, task) = match self {
+            StageSpec::Caption { name, .. } => (name, "caption"),
+            StageSpec::Classify { name, .. } => (name, "classify"),
+            StageSpec::Label { name, .. } => (name, "label"),
+        };
+        name.clone().unwrap_or_else(|| task.to_string())
+    }
+
+    /// The fields that matter in a table, first the one a sidecar would hold.
+    pub fn fields(&self) -> &'static [&'static str] {
+        match self {
+            StageSpec::Caption { .. } => &["caption"],
+            StageSpec::Classify { .. } => &["label", "score"],
+            StageSpec::Label { .. } => &["labels"],
+        }
+    }
+
+    pub fn build(&self, base: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Stage>> {
+        match self {
+            StageSpec::Caption {
+                model,
+                revision,
+                options,
+                ..
+            } => {
+                let files = model_files(model, revision, DEFAULT_CAPTION_MODEL)?;
+                let captioner = Captioner::load(&files, device, dtype)?;
+                let mut stage = CaptionStage::new(
+                    captioner,
+                    options.prompt.as_deref(),
+                    options.params(),
+                    options.max_new_tokens,
+                )?;
+                stage.name = self.name();
+                Ok(Box::new(stage))
+            }
+            StageSpec::Classify {
+                model,
+                revision,
+                labels,
+                top_k,
+                multi_label,
+                threshold,
+                min_score,
+                ..
+            } => {
+                let files = model_files(model, revision, DEFAULT_ZERO_SHOT_MODEL)?;
+                let m = load_image_text(&files, device, dtype)?;
+                let scoring = m.encoder().scoring();
+                let mode = Mode::Classify {
+                    top_k: *top_k,
+                    min_score: *min_score,
+                    multi_label: multi_label
+                        .then(|| threshold.unwrap_or_else(|| default_threshold(scoring))),
+                };
+                let stage = ZeroShotStage::new(
+                    m,
+                    labels.labels(base, None)?,
+                    &labels.templates(base)?,
+                    mode,
+                    self.name(),
+                )?;
+                Ok(Box::new(stage))
+            }
+            StageSpec::Label {
+                model,
+                revision,
+                labels,
+                threshold,
+                max_tags,
+                ..
+            } => {
+                let files = model_files(model, revision, DEFAULT_ZERO_SHOT_MODEL)?;
+                let m = load_image_text(&files, device, dtype)?;
+                let scoring = m.encoder().scoring();
+                let mode = Mode::Label {
+                    threshold: threshold.unwrap_or_else(|| default_threshold(scoring)),
+                    max_tags: *max_tags,
+                };
+                let stage = ZeroShotStage::new(
+                    m,
+                    labels.labels(base, Some(prompts::DEFAULT_VOCAB))?,
+                    &labels.templates(base)?,
+                    mode,
+                    self.name(),
+                )?;
+                Ok(Box::new(stage))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse() {
+        for name in preset_names() {
+            let p = Pipeline::preset(name).unwrap();
+            assert!(!p.stages.is_empty(), "{name}");
+            assert!(p.csv_columns().contains(&"file".to_string()));
+        }
+        let err = Pipeline::preset("nope").unwrap_err().to_string();
+        assert!(err.contains("caption-tags"), "{err}");
+    }
+
+    #[test]
+    fn stages_columns_and_collisions() {
+        let p = Pipeline::parse(
+            r#"
+            [[stage]]
+            task = "classify"
+            labels = ["indoor", "outdoor"]
+            [[stage]]
+            task = "classify"
+            name = "season"
+            labels = ["summer", "winter"]
+            template = "a photo taken in {}."
+            [[stage]]
+            task = "caption"
+            num_beams = 3
+            "#,
+            Path::new("."),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(p.stage_names(), ["classify", "season", "caption"]);
+        assert_eq!(
+            p.csv_columns(),
+            [
+                "file",
+                "label",
+                "score",
+                "season_label",
+                "season_score",
+                "caption",
+                "error"
+            ]
+        );
+        assert_eq!(p.text_field(), "label");
+        let StageSpec::Caption { options, .. } = &p.stages[2] else {
+            panic!()
+        };
+        assert_eq!(options.params().num_beams, 3);
+    }
+
+    #[test]
+    fn bad_pipelines_are_explained() {
+        let err = Pipeline::parse("[[stage]]\ntask = \"dance\"\n", Path::new("."), "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.toml") && err.contains("dance"), "{err}");
+        let err = Pipeline::parse(
+            "[[stage]]\ntask = \"label\"\nthreshhold = 0.2\n",
+            Path::new("."),
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("threshhold"), "{err}");
+        assert!(Pipeline::parse("", Path::new("."), "p.toml").is_err());
+        let spec = LabelSpec {
+            labels: Some(vec!["a".into()]),
+            vocab: Some("coco".into()),
+            ..LabelSpec::default()
+        };
+        assert!(spec.labels(Path::new("."), None).is_err());
+    }
+}
