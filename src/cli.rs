@@ -8,8 +8,7 @@ use glance::device::{DTypeChoice, DeviceChoice};
 use glance::inputs::Shard;
 use glance::output::{Existing, Format};
 
-/// The model glance uses when --model is absent (see the README for why).
-pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
+pub use glance::pipeline::{DEFAULT_CAPTION_MODEL, DEFAULT_ZERO_SHOT_MODEL};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,6 +26,12 @@ pub struct Cli {
 pub enum Command {
     /// Describe each image in words with an image-captioning model (BLIP, ...).
     Caption(Box<CaptionArgs>),
+    /// Sort each image into one of the classes you name, zero-shot (CLIP, SigLIP).
+    Classify(Box<ClassifyArgs>),
+    /// Tag each image with every word of a vocabulary that fits it, zero-shot (CLIP, SigLIP).
+    Label(Box<LabelArgs>),
+    /// Run a pipeline file (or a shipped preset): several stages over each image in one pass.
+    Run(Box<PipelineArgs>),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
     Download(DownloadArgs),
 }
@@ -34,11 +39,14 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Hub model id (e.g. Salesforce/blip-image-captioning-large) or a local directory in Hugging Face layout.
-    #[arg(long, short = 'm')]
+    #[arg(long, short = 'm', conflicts_with = "pipeline")]
     pub model: Option<String>,
     /// Hub revision: branch, tag or commit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pipeline")]
     pub revision: Option<String>,
+    /// Run a pipeline preset (see pipelines/) or file instead; its stages bring their own models and options.
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +95,122 @@ pub struct OutputArgs {
     /// Continue an interrupted run: inputs already in the output file are skipped.
     #[arg(long)]
     pub resume: bool,
+    /// Label Studio: name of the <Choices> control that receives labels.
+    #[arg(long, default_value = "choice", value_name = "NAME")]
+    pub ls_from_name: String,
+    /// Label Studio: name of the <TextArea> control that receives captions.
+    #[arg(long, default_value = "caption", value_name = "NAME")]
+    pub ls_caption_name: String,
+    /// Label Studio: name of the <Image> object the controls refer to.
+    #[arg(long, default_value = "image", value_name = "NAME")]
+    pub ls_to_name: String,
+    /// Label Studio: put this in front of each file in data.image (e.g. /data/local-files/?d=).
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    pub ls_url_prefix: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SortArgs {
+    /// Put each image into DIR/<label>/ (and DIR/unknown/); never overwrites a different file.
+    #[arg(long, value_name = "DIR")]
+    pub sort_into: Option<PathBuf>,
+    /// With --sort-into: copy the images (the default).
+    #[arg(long, requires = "sort_into", conflicts_with_all = ["move_files", "link"])]
+    pub copy: bool,
+    /// With --sort-into: move the images.
+    #[arg(
+        long = "move",
+        id = "move_files",
+        requires = "sort_into",
+        conflicts_with = "link"
+    )]
+    pub move_files: bool,
+    /// With --sort-into: make symbolic links to the images.
+    #[arg(long, requires = "sort_into")]
+    pub link: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PromptArgs {
+    /// One prompt template, {} standing for the label ("{}" alone: the label as written).
+    #[arg(long, conflicts_with = "templates")]
+    pub template: Option<String>,
+    /// A template ensemble: a file with one template per line, or a shipped set (default, single).
+    /// Default: the shipped "default" ensemble (prompts/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub templates: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub sort: SortArgs,
+    /// The classes, comma-separated: --labels "cat,dog,bird".
+    #[arg(long, conflicts_with = "labels_file", required_unless_present_any = ["labels_file", "pipeline"])]
+    pub labels: Option<String>,
+    /// The classes, one per line (# comments and blank lines ignored).
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    /// How many of the best classes to list under "predictions".
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Score each class on its own (SigLIP: sigmoid probability; CLIP: cosine similarity) and list
+    /// all that reach --threshold under "labels".
+    #[arg(long)]
+    pub multi_label: bool,
+    /// With --multi-label: the score a class needs (default 0.1 for SigLIP, 0.25 for CLIP).
+    #[arg(long, requires = "multi_label", allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
+    /// Below this best score the label is "unknown".
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_score: Option<f32>,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The tags: a file with one per line, or a shipped vocabulary (everyday, coco).
+    #[arg(long, default_value = glance::prompts::DEFAULT_VOCAB, value_name = "FILE")]
+    pub vocab: String,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    /// The score a tag needs (SigLIP: sigmoid probability, default 0.1; CLIP: cosine similarity, default 0.25).
+    #[arg(long, allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
+    /// At most this many tags per image, best first.
+    #[arg(long, default_value_t = glance::pipeline::default_max_tags())]
+    pub max_tags: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PipelineArgs {
+    /// A pipeline file (TOML) or the name of a shipped preset (caption-tags, coco-annotate, sort-photos).
+    pub pipeline: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub sort: SortArgs,
 }
 
 #[derive(Args, Debug)]

@@ -8,18 +8,29 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{CaptionArgs, Cli, Command, DownloadArgs, OutputArgs, RunArgs};
+use anyhow::{bail, Context};
+use cli::{
+    CaptionArgs, ClassifyArgs, Cli, Command, DeviceArgs, DownloadArgs, LabelArgs, OutputArgs,
+    PipelineArgs, PromptArgs, RunArgs, SortArgs,
+};
 use glance::caption::{CaptionStage, Captioner};
+use glance::classify::{default_threshold, Mode, ZeroShotStage};
 use glance::generation::GenerationParams;
 use glance::hub::{ModelFiles, ModelSource};
 use glance::inputs::{collect_inputs, InputSpec};
-use glance::output::{open_sink, Format, OutputOptions, Record};
+use glance::output::{open_sink, Format, LabelStudioOptions, OutputOptions, Record};
+use glance::pipeline::Pipeline;
 use glance::runner::{self, RunOptions, RunReport, Stage};
+use glance::sort::{SortInto, SortMode, SortingSink};
+use glance::zero_shot::load_image_text;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption(args) => caption(*args),
+        Command::Classify(args) => classify(*args),
+        Command::Label(args) => label(*args),
+        Command::Run(args) => run_pipeline(*args),
         Command::Download(args) => download(args),
     };
     match result {
@@ -32,6 +43,9 @@ fn main() -> ExitCode {
 }
 
 fn caption(args: CaptionArgs) -> Result<ExitCode> {
+    if let Some(name) = &args.model.pipeline {
+        return run_preset(name, &args.device, &args.run, &args.output, None);
+    }
     let g = &args.generation;
     let params = GenerationParams {
         min_new_tokens: g.min_new_tokens,
@@ -58,8 +72,178 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
         );
     }
     let mut stage = CaptionStage::new(captioner, g.prompt.as_deref(), params, g.max_new_tokens)?;
-    let report = run_stages(&args.run, &output, &mut [&mut stage])?;
+    let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
+}
+
+fn classify(args: ClassifyArgs) -> Result<ExitCode> {
+    if let Some(name) = &args.model.pipeline {
+        return run_preset(
+            name,
+            &args.device,
+            &args.run,
+            &args.output,
+            sort_into(&args.sort),
+        );
+    }
+    let labels = match (&args.labels, &args.labels_file) {
+        (Some(list), _) => glance::prompts::parse_label_arg(list),
+        (None, Some(path)) => glance::prompts::read_list(path)?,
+        (None, None) => bail!("give the classes with --labels or --labels-file"),
+    };
+    let templates = templates(&args.prompts)?;
+    let output = output_options(&args.output, &["file", "label", "score", "error"], "label")?;
+    let (device, dtype) = open_device(&args.device)?;
+    let files = model_files(&args.model, cli::DEFAULT_ZERO_SHOT_MODEL)?;
+    let model = load_image_text(&files, &device, dtype)?;
+    let mode = Mode::Classify {
+        top_k: args.top_k,
+        min_score: args.min_score,
+        multi_label: args.multi_label.then(|| {
+            args.threshold
+                .unwrap_or_else(|| default_threshold(model.encoder().scoring()))
+        }),
+    };
+    announce(
+        &model,
+        labels.len(),
+        templates.len(),
+        &device,
+        dtype,
+        args.run.quiet,
+    );
+    let mut stage = ZeroShotStage::new(model, labels, &templates, mode, "classify")?;
+    let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
+    Ok(exit_code(&report, args.run.quiet))
+}
+
+fn label(args: LabelArgs) -> Result<ExitCode> {
+    if let Some(name) = &args.model.pipeline {
+        return run_preset(name, &args.device, &args.run, &args.output, None);
+    }
+    let tags = glance::prompts::vocab(&args.vocab)?;
+    let templates = templates(&args.prompts)?;
+    let output = output_options(&args.output, &["file", "labels", "error"], "labels")?;
+    let (device, dtype) = open_device(&args.device)?;
+    let files = model_files(&args.model, cli::DEFAULT_ZERO_SHOT_MODEL)?;
+    let model = load_image_text(&files, &device, dtype)?;
+    let mode = Mode::Label {
+        threshold: args
+            .threshold
+            .unwrap_or_else(|| default_threshold(model.encoder().scoring())),
+        max_tags: args.max_tags,
+    };
+    announce(
+        &model,
+        tags.len(),
+        templates.len(),
+        &device,
+        dtype,
+        args.run.quiet,
+    );
+    let mut stage = ZeroShotStage::new(model, tags, &templates, mode, "label")?;
+    let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
+    Ok(exit_code(&report, args.run.quiet))
+}
+
+fn run_pipeline(args: PipelineArgs) -> Result<ExitCode> {
+    let pipeline = Pipeline::load(&args.pipeline)?;
+    execute(
+        &pipeline,
+        &args.device,
+        &args.run,
+        &args.output,
+        sort_into(&args.sort),
+    )
+}
+
+/// `--pipeline NAME` on a single-task command: the preset (or file) with this command's run,
+/// device and output options.
+fn run_preset(
+    name: &str,
+    device: &DeviceArgs,
+    run: &RunArgs,
+    output: &OutputArgs,
+    sort: Option<SortInto>,
+) -> Result<ExitCode> {
+    execute(&Pipeline::load(name)?, device, run, output, sort)
+}
+
+fn execute(
+    pipeline: &Pipeline,
+    device: &DeviceArgs,
+    run: &RunArgs,
+    output: &OutputArgs,
+    sort: Option<SortInto>,
+) -> Result<ExitCode> {
+    let columns = pipeline.csv_columns();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let output = output_options(output, &columns, &pipeline.text_field())?;
+    let classifies = pipeline
+        .stages
+        .iter()
+        .any(|s| matches!(s, glance::pipeline::StageSpec::Classify { .. }));
+    if sort.is_some() && !classifies {
+        bail!("--sort-into needs a classify stage in {}", pipeline.source);
+    }
+    let (device, dtype) = open_device(device)?;
+    let mut stages = pipeline
+        .build(&device, dtype)
+        .with_context(|| format!("loading {}", pipeline.source))?;
+    if !run.quiet {
+        eprintln!(
+            "glance: {} ({}) on {} ({dtype:?})",
+            pipeline.source,
+            pipeline.stage_names().join(" + "),
+            glance::device::describe(&device)
+        );
+    }
+    let mut refs: Vec<&mut dyn Stage> = stages
+        .iter_mut()
+        .map(|s| s.as_mut() as &mut dyn Stage)
+        .collect();
+    let report = run_stages(run, &output, sort, &mut refs)?;
+    Ok(exit_code(&report, run.quiet))
+}
+
+fn announce(
+    model: &glance::zero_shot::ImageTextModel,
+    labels: usize,
+    templates: usize,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    quiet: bool,
+) {
+    if !quiet {
+        eprintln!(
+            "glance: {} on {} ({dtype:?}), {labels} labels x {templates} templates",
+            model.name(),
+            glance::device::describe(device)
+        );
+    }
+}
+
+fn templates(args: &PromptArgs) -> Result<Vec<String>> {
+    Ok(match (&args.template, &args.templates) {
+        (Some(t), _) => {
+            let t = vec![t.clone()];
+            glance::prompts::check_templates(&t, "--template")?;
+            t
+        }
+        (None, Some(set)) => glance::prompts::templates(set)?,
+        (None, None) => glance::prompts::templates(glance::prompts::DEFAULT_TEMPLATES)?,
+    })
+}
+
+fn sort_into(args: &SortArgs) -> Option<SortInto> {
+    let mode = if args.move_files {
+        SortMode::Move
+    } else if args.link {
+        SortMode::Link
+    } else {
+        SortMode::Copy
+    };
+    args.sort_into.clone().map(|dir| SortInto { dir, mode })
 }
 
 fn download(args: DownloadArgs) -> Result<ExitCode> {
@@ -103,12 +287,19 @@ fn output_options(
         sidecar_ext: args.sidecar_ext.clone(),
         existing: args.existing,
         resume: args.resume,
+        label_studio: LabelStudioOptions {
+            from_name: args.ls_from_name.clone(),
+            caption_name: args.ls_caption_name.clone(),
+            to_name: args.ls_to_name.clone(),
+            url_prefix: args.ls_url_prefix.clone(),
+        },
     })
 }
 
 fn run_stages(
     run: &RunArgs,
     output: &OutputOptions,
+    sort: Option<SortInto>,
     stages: &mut [&mut dyn Stage],
 ) -> Result<RunReport> {
     let spec = InputSpec {
@@ -121,6 +312,10 @@ fn run_stages(
         .map(|e| Record::new(e.display).with_error(e.message))
         .collect();
     let (sink, resume) = open_sink(output)?;
+    let sink = match sort {
+        Some(sort) => Box::new(SortingSink::new(sink, sort)),
+        None => sink,
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
