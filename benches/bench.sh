@@ -1,29 +1,45 @@
 #!/usr/bin/env bash
-# Side-by-side CPU speed benchmark: glance vs Python transformers captioning the same folder
-# with the same real-size BLIP model (random weights, built locally: nothing is downloaded).
+# Side-by-side CPU speed benchmark: glance vs Python transformers on the same folder with the
+# same real-size models (random weights, built locally: nothing is downloaded), for captioning
+# (BLIP) and zero-shot classification (CLIP, SigLIP).
 #
 # Run from anywhere (it works from the repository root), after `cargo build --release`:
 #
-#     PYTHON=venv/bin/python benches/bench.sh
+#     PYTHON=venv/bin/python benches/bench.sh                       # every case
+#     CASES=classify benches/bench.sh                               # the zero-shot cases only
+#     CASES="blip-base-greedy clip-b32-100" REPEAT=3 benches/bench.sh
 #     GLANCE=/path/to/glance REPEAT=3 BENCH_LARGE=1 benches/bench.sh
 #
+# Cases (name: what)
+#   caption  (batch BATCH, exactly NEW_TOKENS new tokens per caption):
+#     blip-base-greedy, blip-base-beam3 (+ blip-large-greedy, blip-large-beam3 with BENCH_LARGE=1)
+#   classify (zero-shot, batch BATCH_ZS, one template TEMPLATE, top TOP_K; the N labels are the
+#   first N lines of LABELS_FILE, the same file for both sides):
+#     clip-b32-100 (CLIP ViT-B/32, 100 labels), clip-b32-1000 (1000 labels), siglip-b16-100
+#
 # What it does:
-#   1. creates bench-models/blip-base (and bench-models/blip-large with BENCH_LARGE=1) with
-#      benches/make_models.py if missing (~0.9 GB / ~1.8 GB; not to be committed);
-#   2. for each case -- BLIP-base greedy and beam 3 (BLIP-large too with BENCH_LARGE=1), batch 8,
-#      exactly NEW_TOKENS new tokens per caption -- runs
+#   1. creates the models the selected cases need in bench-models/ with benches/make_models.py
+#      if missing (blip-base ~1 GB, blip-large ~1.9 GB, clip-b32 ~0.6 GB, siglip-b16 ~0.8 GB;
+#      not to be committed);
+#   2. for each case runs
 #        - benches/transformers_caption.py (times image opening + preprocessing + generate +
-#          decode; imports and model load are timed separately and NOT included), and
-#        - `glance caption ... -o OUT.jsonl --quiet IMAGES` as a whole process under
-#          `/usr/bin/time -v` (its time INCLUDES process start and model load);
+#          decode) or benches/transformers_classify.py (times encoding the label prompts once +
+#          image opening + preprocessing + image features + scores + top-k); imports and model
+#          load are timed separately and NOT included, and
+#        - `glance caption ... -o OUT.jsonl --quiet IMAGES` or `glance classify --labels-file
+#          LABELS --template TEMPLATE --top-k TOP_K ... -o OUT.jsonl --quiet IMAGES` as a whole
+#          process under `/usr/bin/time -v` (its time INCLUDES process start and model load);
 #   3. prints a table: images/s each side, ratio glance/transformers, peak RSS each side.
+#      For the classify cases it also says on how many images the top-1 labels agree.
 #
 # Environment (defaults in brackets):
 #   PYTHON [venv/bin/python]  GLANCE [target/release/glance]  IMAGES [../shared/images]
-#   BENCH_MODELS [bench-models]  BENCH_OUT [bench-out: per-run logs and captions]
+#   BENCH_MODELS [bench-models]  BENCH_OUT [bench-out: per-run logs, captions and labels]
 #   REPEAT [1]: run each side N times, keep the best   BENCH_LARGE [0]: add the BLIP-large cases
-#   CASES: space-separated case names to run (e.g. "blip-base-greedy")   BATCH [8]
-#   NEW_TOKENS [20]   THREADS: torch.set_num_threads for transformers [torch's default]
+#   CASES [all]: space-separated case names and/or kinds ("caption", "classify") to run
+#   BATCH [8]: caption batch   NEW_TOKENS [20]
+#   BATCH_ZS [32]: classify batch   LABELS_FILE [benches/labels-1000.txt]   TEMPLATE [a photo of a {}.]
+#   TOP_K [5]   THREADS: torch.set_num_threads for transformers [torch's default]
 # Relative paths are taken from the repository root.
 set -euo pipefail
 
@@ -36,6 +52,10 @@ OUT_ROOT=${BENCH_OUT:-bench-out}
 REPEAT=${REPEAT:-1}
 BATCH=${BATCH:-8}
 NEW_TOKENS=${NEW_TOKENS:-20}
+BATCH_ZS=${BATCH_ZS:-32}
+LABELS_FILE=${LABELS_FILE:-benches/labels-1000.txt}
+[ -n "${TEMPLATE:-}" ] || TEMPLATE='a photo of a {}.'
+TOP_K=${TOP_K:-5}
 THREADS=${THREADS:-}
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -44,23 +64,28 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 [ -x "$PYTHON" ] || die "no Python at $PYTHON (set PYTHON=.../bin/python with torch + transformers)"
 [ -x "$GLANCE" ] || die "no glance binary at $GLANCE (cargo build --release, or set GLANCE=...)"
 [ -d "$IMAGES" ] || die "no images directory $IMAGES (set IMAGES=...)"
+[ -f "$LABELS_FILE" ] || die "no labels file $LABELS_FILE (set LABELS_FILE=...)"
 if [ ! -x /usr/bin/time ]; then
     echo "installing GNU time (/usr/bin/time) ..." >&2
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get install -y time >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y time >/dev/null; }
 fi
 
-# name model num_beams
-ALL_CASES=("blip-base-greedy blip-base 1" "blip-base-beam3 blip-base 3")
+# name kind model arg (caption: num_beams; classify: number of labels)
+ALL_CASES=("blip-base-greedy caption blip-base 1" "blip-base-beam3 caption blip-base 3")
 if [ "${BENCH_LARGE:-0}" = 1 ]; then
-    ALL_CASES+=("blip-large-greedy blip-large 1" "blip-large-beam3 blip-large 3")
+    ALL_CASES+=("blip-large-greedy caption blip-large 1" "blip-large-beam3 caption blip-large 3")
 fi
+ALL_CASES+=("clip-b32-100 classify clip-b32 100" "clip-b32-1000 classify clip-b32 1000"
+            "siglip-b16-100 classify siglip-b16 100")
 RUN_CASES=()
 for c in "${ALL_CASES[@]}"; do
-    name=${c%% *}
-    if [ -z "${CASES:-}" ] || [[ " $CASES " == *" $name "* ]]; then RUN_CASES+=("$c"); fi
+    read -r name kind _ <<<"$c"
+    if [ -z "${CASES:-}" ] || [[ " $CASES " == *" $name "* ]] || [[ " $CASES " == *" $kind "* ]]; then
+        RUN_CASES+=("$c")
+    fi
 done
-[ ${#RUN_CASES[@]} -gt 0 ] || die "no case selected (CASES=$CASES)"
+[ ${#RUN_CASES[@]} -gt 0 ] || die "no case selected (CASES=$CASES; names: $(printf '%s\n' "${ALL_CASES[@]}" | cut -d' ' -f1 | tr '\n' ' ')or caption, classify)"
 
 mkdir -p "$OUT_ROOT"
 # Two benchmarks at once on the same machine would spoil both: take turns.
@@ -70,7 +95,7 @@ flock -n 9 || { echo "another bench.sh is running; waiting for it ..." >&2; floc
 # 1. Models.
 need=()
 for c in "${RUN_CASES[@]}"; do
-    read -r _ model _ <<<"$c"
+    read -r _ _ model _ <<<"$c"
     [ -f "$MODELS/$model/config.json" ] || [[ " ${need[*]:-} " == *" $model "* ]] || need+=("$model")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -82,44 +107,91 @@ OUT="$OUT_ROOT/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 echo "glance: $("$GLANCE" --version 2>&1)   python: $("$PYTHON" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>/dev/null)" >&2
-echo "images: $IMAGES   logs and captions: $OUT" >&2
+echo "images: $IMAGES   logs and outputs: $OUT" >&2
 
-# Fields of transformers_caption.py's JSON line, space-separated.
+# Fields of transformers_caption.py's / transformers_classify.py's JSON line, space-separated.
 tf_fields() {
     "$PYTHON" -c 'import json, sys
 d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-print(d["images"], d["images_per_s"], d["peak_rss_mb"], d["load_s"], d["run_s"], d["torch_threads"], d["image_processor"])' "$1"
+print(d["images"], d["images_per_s"], d["peak_rss_mb"], d["load_s"], d["run_s"], d["torch_threads"], d["image_processor"],
+      d.get("text_s", "-"), d.get("text_tokens", "-"))' "$1"
+}
+# Images with a record and no error in an output JSON-lines file (distinct "file" / "path").
+count_images() {
+    "$PYTHON" -c 'import json, sys
+files = set()
+for line in open(sys.argv[1], encoding="utf-8"):
+    if line.strip():
+        r = json.loads(line)
+        if not r.get("error"):
+            files.add(r.get("file", r.get("path")))
+print(len(files))' "$1"
+}
+# "A/B": on how many of the B images in both files the top-1 "label" is the same (by path,
+# else by file name when the two sides write paths differently).
+top1_agreement() {
+    "$PYTHON" -c 'import json, os, sys
+def top1(path):
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        if line.strip():
+            r = json.loads(line)
+            if r.get("label") is not None:
+                out[os.path.normpath(r.get("file", r.get("path", "")))] = r["label"]
+    return out
+a, b = top1(sys.argv[1]), top1(sys.argv[2])
+if not set(a) & set(b):
+    a = {os.path.basename(k): v for k, v in a.items()}
+    b = {os.path.basename(k): v for k, v in b.items()}
+common = set(a) & set(b)
+print(f"{sum(a[k] == b[k] for k in common)}/{len(common)}")' "$1" "$2"
 }
 # "h:mm:ss" or "m:ss.ss" -> seconds
 to_seconds() { awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f\n", s }' <<<"$1"; }
 better() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b == "" || a + 0 > b + 0) }'; }
 
-ROWS=() FAILED=0
+ROWS=() FAILED=0 HAS_CAPTION=0 HAS_CLASSIFY=0 tf_n=
 for c in "${RUN_CASES[@]}"; do
-    read -r name model beams <<<"$c"
-    tf_best= tf_rss= tf_load= tf_n= tf_info=
-    gl_best= gl_rss= gl_n=
+    read -r name kind model arg <<<"$c"
+    tf_best= tf_rss= tf_load= tf_n=
+    gl_best= gl_rss= gl_n= agree=
+    if [ "$kind" = caption ]; then
+        HAS_CAPTION=1
+        tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH"
+                --num-beams "$arg" --new-tokens "$NEW_TOKENS" --out "$OUT/$name.transformers.jsonl")
+        beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
+        gl_cmd=(caption --model "$MODELS/$model" --batch-size "$BATCH"
+                --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
+    else
+        HAS_CLASSIFY=1
+        labels="$OUT/labels-$arg.txt"
+        [ -f "$labels" ] || head -n "$arg" "$LABELS_FILE" >"$labels"
+        got=$(grep -c . "$labels" || true)
+        [ "$got" -ge "$arg" ] || die "$name needs $arg labels, $LABELS_FILE has $got non-empty lines"
+        tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS"
+                --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K" --output "$OUT/$name.transformers.jsonl")
+        gl_cmd=(classify --model "$MODELS/$model" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
+                -b "$BATCH_ZS")
+    fi
     for r in $(seq 1 "$REPEAT"); do
         # transformers
         tf_json="$OUT/$name.transformers.$r.json"
         echo "[$name run $r/$REPEAT] transformers ... (load average before: $(load))" >&2
-        if ! "$PYTHON" benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" \
-            --batch-size "$BATCH" --num-beams "$beams" --new-tokens "$NEW_TOKENS" ${THREADS:+--threads "$THREADS"} \
-            --out "$OUT/$name.transformers.jsonl" >"$tf_json" 2>"$OUT/$name.transformers.$r.log"; then
+        if ! "$PYTHON" "${tf_cmd[@]}" ${THREADS:+--threads "$THREADS"} \
+            >"$tf_json" 2>"$OUT/$name.transformers.$r.log"; then
             tail -n 30 "$OUT/$name.transformers.$r.log" >&2
             die "transformers failed for $name (log: $OUT/$name.transformers.$r.log)"
         fi
-        read -r n ips rss load_s run_s threads proc < <(tf_fields "$tf_json")
-        echo "    $n images in ${run_s}s = $ips images/s (load ${load_s}s, peak RSS ${rss} MB, $threads torch threads, $proc)" >&2
+        read -r n ips rss load_s run_s threads proc text_s text_tokens < <(tf_fields "$tf_json")
+        text_info=; [ "$kind" = caption ] || text_info=" (${text_s}s of it encoding $arg prompts of $text_tokens tokens)"
+        echo "    $n images in ${run_s}s$text_info = $ips images/s (load ${load_s}s, peak RSS ${rss} MB, $threads torch threads, $proc)" >&2
         if better "$ips" "$tf_best"; then tf_best=$ips tf_rss=$rss tf_load=$load_s tf_n=$n; fi
 
         # glance, the whole process
         gl_out="$OUT/$name.glance.jsonl" time_txt="$OUT/$name.glance.$r.time"
         rm -f "$gl_out"
-        beam_args=(); [ "$beams" = 1 ] || beam_args=(--num-beams "$beams")
         echo "[$name run $r/$REPEAT] glance ... (load average before: $(load))" >&2
-        if ! /usr/bin/time -v -o "$time_txt" "$GLANCE" caption --model "$MODELS/$model" --batch-size "$BATCH" \
-            --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}" \
+        if ! /usr/bin/time -v -o "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
             -o "$gl_out" --quiet "$IMAGES" >"$OUT/$name.glance.$r.log" 2>&1; then
             echo "    glance FAILED ($(sed -n 's/^[[:space:]]*Exit status: /exit status /p' "$time_txt")); its output:" >&2
             sed 's/^/    | /' "$OUT/$name.glance.$r.log" >&2
@@ -128,25 +200,33 @@ for c in "${RUN_CASES[@]}"; do
         fi
         elapsed=$(to_seconds "$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$time_txt")")
         kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$time_txt")
-        n=$(wc -l <"$gl_out")
+        n=$(count_images "$gl_out")
         ips=$(awk -v n="$n" -v s="$elapsed" 'BEGIN { printf "%.4f", n / s }')
         rss=$(awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }')
-        echo "    $n images in ${elapsed}s = $ips images/s (whole process, peak RSS ${rss} MB)" >&2
+        [ "$kind" = caption ] || agree=$(top1_agreement "$gl_out" "$OUT/$name.transformers.jsonl")
+        echo "    $n images in ${elapsed}s = $ips images/s (whole process, peak RSS ${rss} MB${agree:+; top-1 label as transformers on $agree images})" >&2
         if better "$ips" "$gl_best"; then gl_best=$ips gl_rss=$rss gl_n=$n; fi
     done
     if [ -z "$gl_best" ]; then
         ROWS+=("$(printf '%-18s %9.3f %9s %9s %9s %9.0f %8.1f' "$name" "$tf_best" FAILED - - "$tf_rss" "$tf_load")")
         continue
     fi
-    [ "$gl_n" = "$tf_n" ] || echo "WARNING: $name: glance captioned $gl_n images, transformers $tf_n" >&2
+    [ "$gl_n" = "$tf_n" ] || echo "WARNING: $name: glance did $gl_n images, transformers $tf_n" >&2
     ratio=$(awk -v g="$gl_best" -v t="$tf_best" 'BEGIN { printf "%.2f", g / t }')
     ROWS+=("$(printf '%-18s %9.3f %9.3f %9s %9.0f %9.0f %8.1f' "$name" "$tf_best" "$gl_best" "${ratio}x" "$gl_rss" "$tf_rss" "$tf_load")")
 done
 
+settings=()
+[ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens")
+[ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, template \"$TEMPLATE\", top $TOP_K")
 echo
-echo "glance vs transformers, $tf_n images from $IMAGES, batch $BATCH, $NEW_TOKENS new tokens, best of $REPEAT, $(nproc) CPUs"
+summary="glance vs transformers, $tf_n images from $IMAGES, best of $REPEAT, $(nproc) CPUs"
+for x in "${settings[@]}"; do summary+="; $x"; done
+echo "$summary"
 printf '%-18s %9s %9s %9s %9s %9s %8s\n' case "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load"
 for row in "${ROWS[@]}"; do echo "$row"; done
-echo "glance's time is the whole process (start, model load, captioning, writing); transformers' excludes"
-echo "Python imports and model load (tf load, seconds, reported separately). Logs: $OUT"
+echo "glance's time is the whole process (start, model load, the work, writing); transformers' excludes"
+echo "Python imports and model load (tf load, seconds, reported separately)."
+[ "$HAS_CLASSIFY" = 0 ] || echo "For classify both include encoding the label prompts (once per run)."
+echo "Logs: $OUT"
 exit $FAILED

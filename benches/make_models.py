@@ -1,27 +1,52 @@
 #!/usr/bin/env python3
-"""Write real-size, random-weight BLIP captioning models for speed benchmarks.
+"""Write real-size, random-weight captioning and zero-shot classification models for speed
+benchmarks.
 
-Each model has the exact architecture and Hugging Face file layout of a Salesforce
-checkpoint, but random weights (speed does not depend on the weights), so nothing is
-downloaded from the Hub:
+Each model has the exact architecture and Hugging Face file layout of a Hub checkpoint, but
+random weights (speed does not depend on the weights), so nothing is downloaded from the Hub:
 
 * ``blip-base/``  -- Salesforce/blip-image-captioning-base  (ViT-B/16 at 384, ~247M params, ~1 GB)
 * ``blip-large/`` -- Salesforce/blip-image-captioning-large (ViT-L/16 at 384, ~470M params, ~1.9 GB)
+* ``clip-b32/``   -- openai/clip-vit-base-patch32 (``CLIPModel``: ViT-B/32 at 224 + 12-layer 512-wide
+  text transformer, 77 positions, vocab 49408, projection 512, quick_gelu; ~151M params, ~0.6 GB)
+* ``siglip-b16/`` -- google/siglip-base-patch16-224 (``SiglipModel``: ViT-B/16 at 224 + 12-layer
+  768-wide text transformer, 64 positions, vocab 32000; ~203M params, ~0.8 GB)
 
-Files, all written by ``save_pretrained``: ``config.json``, ``generation_config.json``,
-``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``
-and a stand-alone ``preprocessor_config.json`` like the Hub checkpoints have.
+Files, all written by ``save_pretrained``: ``config.json``, ``model.safetensors`` (float32, as on
+the Hub), ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, a stand-alone
+``preprocessor_config.json`` like the Hub checkpoints have, and for BLIP ``generation_config.json``.
 
-The tokenizer is a BERT WordPiece tokenizer with a synthetic vocabulary of exactly 30522
+BLIP: the tokenizer is a BERT WordPiece tokenizer with a synthetic vocabulary of exactly 30522
 entries laid out like ``bert-base-uncased`` ([PAD]=0, [unused0..98]=1..99, [UNK]=100,
 [CLS]=101, [SEP]=102, [MASK]=103, more [unusedN] up to 998, then words "w999", "w1000", ...)
 plus BLIP's added bos token ``[DEC]`` = 30522, as in BLIP's own ``init_tokenizer``.
 The image processor is BLIP's: 384x384, bicubic (resample 3), rescale 1/255, CLIP mean/std.
 
+CLIP / SigLIP: the tokenizers are built offline as in tests/fixtures/generate_clip.py (whose
+``bytes_to_unicode`` / ``learn_bpe`` / ``punctuation_regex`` are imported from there), with the
+words of the benchmark prompts ("a photo of a {label}." over benches/make_labels.py's words) as the
+corpus, so that every prompt word is ONE token, as in the real vocabularies (prompt lengths, and
+so text-encoder cost, are realistic: 9-10 tokens for CLIP). The vocabularies are padded with
+unreachable filler entries to the real sizes, so the special ids are the real ones:
+
+* CLIP: ``CLIPTokenizer`` (byte-level BPE with ``</w>``; openai's layout: 256 byte symbols, the
+  same with ``</w>``, merges, fillers, ``<|startoftext|>`` = 49406, ``<|endoftext|>`` = 49407,
+  which also pads), model_max_length 77. ``text_config`` has the Hub config's legacy ids
+  bos 0 / eos 2 / pad 1, so transformers pools at argmax(input_ids) = the first <|endoftext|>.
+  Image processor: shortest edge 224, center crop 224, bicubic (resample 3), CLIP mean/std.
+* SigLIP: a Unigram ``tokenizer.json`` mirroring the SentencePiece ``SiglipTokenizer`` (lowercase,
+  punctuation removed, whitespace collapsed, ``Metaspace``, ``</s>`` appended and used as pad;
+  ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2; 32000 pieces), model_max_length 64 and
+  ``model_input_names ["input_ids"]`` as on the Hub (no attention_mask; text is padded to
+  max_length 64). Image processor: 224x224, bilinear (resample 2), rescale 1/255, mean/std 0.5.
+* ``logit_scale`` (and SigLIP's ``logit_bias``) are set to the trained checkpoints' values
+  (CLIP 4.6052 = ln 100; SigLIP 4.7710 / -12.9324); the other weights are transformers' init.
+
 How to run (from the repository root; the output directory is not meant to be committed):
 
     venv/bin/python benches/make_models.py                        # bench-models/blip-base
     venv/bin/python benches/make_models.py --which blip-base,blip-large --out bench-models
+    venv/bin/python benches/make_models.py --which clip-b32,siglip-b16
 
 Existing model directories are left alone unless ``--force`` is given. Fixed seed (``--seed``,
 default 0): the same torch/transformers versions write the same weights.
@@ -36,7 +61,29 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessorPil,
+    BlipProcessor,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    PreTrainedTokenizerFast,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipProcessor,
+)
+
+BENCHES = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHES))
+sys.path.insert(0, str(BENCHES.parent / "tests" / "fixtures"))
+import make_labels  # noqa: E402  (benches/make_labels.py: the label words)
+from generate_clip import bytes_to_unicode, learn_bpe, punctuation_regex  # noqa: E402  (the fixture generator)
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -107,7 +154,7 @@ def build_processor(workdir: Path) -> BlipProcessor:
     return BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def make(name: str, out: Path, seed: int) -> None:
+def make_blip(name: str, out: Path, seed: int) -> None:
     text, vision = MODELS[name]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as td:
@@ -125,28 +172,242 @@ def make(name: str, out: Path, seed: int) -> None:
     model = BlipForConditionalGeneration(config).eval()
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out)
+    report(name, out, n_params, t0)
+
+
+def report(name: str, out: Path, n_params: int, t0: float) -> None:
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"{name}: {n_params / 1e6:.1f}M parameters, {size / 1e6:.0f} MB in {out} "
           f"({time.perf_counter() - t0:.0f} s): {', '.join(sorted(p.name for p in out.iterdir()))}", flush=True)
 
 
+# --------------------------------------------------------------------------------------
+# Zero-shot classification: CLIP ViT-B/32 and SigLIP base/16
+# --------------------------------------------------------------------------------------
+TEMPLATE = "a photo of a {}."  # the single template of bench.sh's zero-shot cases
+
+
+def prompt_words() -> list[str]:
+    """The words (as CLIP's pre-tokenizer splits them) of every benchmark prompt."""
+    return sorted(set(TEMPLATE.format("").replace(".", " ").split()) | set(make_labels.words()) | {"."})
+
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_MAX_LENGTH = 77
+CLIP_TEXT = dict(
+    vocab_size=CLIP_VOCAB_SIZE,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=CLIP_MAX_LENGTH,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=512,
+    # As in openai/clip-vit-base-patch32's config.json (legacy ids): eos_token_id 2 makes
+    # transformers pool at argmax(input_ids), i.e. the first <|endoftext|> (the largest id).
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+CLIP_VISION = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=512,
+)
+CLIP_LOGIT_SCALE = 4.6052  # trained openai checkpoints: ln(100)
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    # Each word twice: learn_bpe merges every pair seen at least twice, so each word ends up one token.
+    merges = learn_bpe(prompt_words() * 2, 10_000)
+    base = list(bytes_to_unicode().values())
+    vocab_list = base + [v + "</w>" for v in base]
+    seen = set(vocab_list)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            vocab_list.append(a + b)
+    # Unreachable fillers (no merge produces them) up to the real size, so that
+    # <|startoftext|> / <|endoftext|> get openai's ids 49406 / 49407.
+    vocab_list += [f"<|unused{i}|>" for i in range(CLIP_VOCAB_SIZE - 2 - len(vocab_list))]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab_list) == len(set(vocab_list)) == CLIP_VOCAB_SIZE
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=CLIP_MAX_LENGTH)
+    assert (tok.convert_tokens_to_ids("<|startoftext|>"), tok.convert_tokens_to_ids("<|endoftext|>")) == (49406, 49407)
+    assert tok.pad_token == "<|endoftext|>", tok.pad_token
+    for w in prompt_words():
+        ids = tok(w, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, (w, tok.convert_ids_to_tokens(ids))
+    return tok
+
+
+def make_clip(name: str, out: Path, seed: int) -> None:
+    t0 = time.perf_counter()
+    tok = build_clip_tokenizer()
+    image_processor = CLIPImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": 224},
+        resample=3,  # PIL.Image.BICUBIC
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tok)
+    processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)  # the classic preprocessor_config.json
+    config = CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, projection_dim=512)
+    config.architectures = ["CLIPModel"]
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(CLIP_LOGIT_SCALE)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+    report(name, out, n_params, t0)
+
+
+SIGLIP_VOCAB_SIZE = 32000
+SIGLIP_MAX_LENGTH = 64
+SIGLIP_TEXT = dict(
+    vocab_size=SIGLIP_VOCAB_SIZE,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=SIGLIP_MAX_LENGTH,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+    projection_size=768,
+    pad_token_id=1,  # </s>
+    eos_token_id=1,
+    bos_token_id=None,
+)
+SIGLIP_VISION = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=16,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+)
+SIGLIP_LOGIT_SCALE = 4.7710  # google/siglip-base-patch16-224: exp ~118
+SIGLIP_LOGIT_BIAS = -12.9324
+
+
+def build_siglip_tokenizer() -> PreTrainedTokenizerFast:
+    """A Unigram tokenizer.json like tests/fixtures/generate_clip.py's, with a piece per prompt word."""
+    import string
+
+    import tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -6.0)]
+    pieces += [("▁" + w, -8.0) for w in prompt_words() if w.isalpha()]
+    pieces += [(c, -12.0) for c in string.ascii_lowercase + string.digits]
+    pieces += [("▁" + c, -11.0) for c in string.ascii_lowercase if "▁" + c not in {p for p, _ in pieces}]
+    # Unreachable fillers up to the real size: "<" and ">" are removed by the normalizer.
+    pieces += [(f"<unused{i}>", -100.0) for i in range(SIGLIP_VOCAB_SIZE - len(pieces))]
+    assert len(pieces) == len({p for p, _ in pieces}) == SIGLIP_VOCAB_SIZE
+    tok = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
+    # SiglipTokenizer.canonicalize_text: lower(), remove string.punctuation, collapse \s+, strip.
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Lowercase(),
+        normalizers.Replace(Regex(punctuation_regex()), ""),
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(left=True, right=True),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
+    )
+    tok.add_special_tokens([
+        tokenizers.AddedToken("<pad>", normalized=False, special=True),
+        tokenizers.AddedToken("</s>", normalized=False, special=True),
+        tokenizers.AddedToken("<unk>", normalized=False, special=True),
+    ])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",  # SiglipTokenizer's default: pads with </s> (id 1)
+        model_max_length=SIGLIP_MAX_LENGTH,
+        model_input_names=["input_ids"],  # as google/siglip-* tokenizer_config.json: no attention_mask
+    )
+    for w in prompt_words():
+        if w.isalpha():
+            ids = fast(w, add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1, (w, fast.convert_ids_to_tokens(ids))
+    return fast
+
+
+def make_siglip(name: str, out: Path, seed: int) -> None:
+    t0 = time.perf_counter()
+    tok = build_siglip_tokenizer()
+    image_processor = SiglipImageProcessorPil(
+        do_resize=True,
+        size={"height": 224, "width": 224},
+        resample=2,  # PIL.Image.BILINEAR
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    processor = SiglipProcessor(image_processor=image_processor, tokenizer=tok)
+    processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)  # the classic preprocessor_config.json
+    config = SiglipConfig(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION)
+    config.architectures = ["SiglipModel"]
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(SIGLIP_LOGIT_SCALE)
+        model.logit_bias.fill_(SIGLIP_LOGIT_BIAS)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+    report(name, out, n_params, t0)
+
+
+BUILDERS = {"blip-base": make_blip, "blip-large": make_blip, "clip-b32": make_clip, "siglip-b16": make_siglip}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-models"), help="parent directory (default bench-models)")
-    ap.add_argument("--which", default="blip-base", help=f"comma-separated, from {','.join(MODELS)} (default blip-base)")
+    ap.add_argument("--which", default="blip-base", help=f"comma-separated, from {','.join(BUILDERS)} (default blip-base)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rewrite models that already exist")
     args = ap.parse_args()
     names = [n.strip() for n in args.which.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in BUILDERS]
     if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+        ap.error(f"unknown model(s) {unknown}; choose from {list(BUILDERS)}")
     for name in names:
         out = args.out / name
         if (out / "config.json").exists() and (out / "model.safetensors").exists() and not args.force:
             print(f"{name}: {out} exists, skipped (--force to rewrite)")
             continue
-        make(name, out, args.seed)
+        BUILDERS[name](name, out, args.seed)
     return 0
 
 
