@@ -311,7 +311,12 @@ fn run_stages(
         .into_iter()
         .map(|e| Record::new(e.display).with_error(e.message))
         .collect();
-    let (sink, resume) = open_sink(output)?;
+    let mut output = output.clone();
+    if sort.is_some() && output.csv_columns.last().is_some_and(|c| c == "error") {
+        let at = output.csv_columns.len() - 1;
+        output.csv_columns.insert(at, "sorted_to".into());
+    }
+    let (sink, resume) = open_sink(&output)?;
     let sink = match sort {
         Some(sort) => Box::new(SortingSink::new(sink, sort)),
         None => sink,
