@@ -51,6 +51,21 @@ impl Captioner {
         let vb = weights::var_builder(&files.weights()?, dtype, device)?;
         let parts = match &arch {
             Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
+            Architecture::VisionEncoderDecoder(cfg) => {
+                let generation = match files.get_optional("generation_config.json")? {
+                    Some(path) => serde_json::from_value(read_json(&path)?)
+                        .map_err(|e| Error::json(&path, e))?,
+                    None => Default::default(),
+                };
+                models::vision_encoder_decoder::load(cfg, &generation, vb, &name)?
+            }
+            Architecture::ImageClassifier(_) => {
+                return Err(Error::WrongTask {
+                    model: name,
+                    kind: "an image classifier",
+                    command: "classify",
+                })
+            }
             Architecture::Clip(_) | Architecture::Siglip(_) => {
                 return Err(Error::WrongTask {
                     model: name,
@@ -107,7 +122,27 @@ impl Captioner {
                 ids.pop();
                 Ok(ids)
             }
+            PromptStyle::StartThenText { start } => {
+                let mut ids = vec![*start];
+                if let Some(text) = prompt {
+                    let enc = self.tokenizer.encode(text, false).map_err(|e| {
+                        Error::Options(format!("cannot tokenize prompt {text:?}: {e}"))
+                    })?;
+                    if enc.get_ids().is_empty() {
+                        return Err(Error::Options(format!(
+                            "prompt {text:?} tokenizes to nothing"
+                        )));
+                    }
+                    ids.extend_from_slice(enc.get_ids());
+                }
+                Ok(ids)
+            }
         }
+    }
+
+    /// The model's default beam count (`generation_config.json`), 1 when it names none.
+    pub fn default_num_beams(&self) -> usize {
+        self.parts.default_num_beams.unwrap_or(1).max(1)
     }
 
     /// Resolves `max_new_tokens` when the user gave none: transformers' default total length.
@@ -192,16 +227,19 @@ pub struct CaptionStage {
 }
 
 impl CaptionStage {
-    /// Resolves the prompt and the default length once, before the run.
+    /// Resolves the prompt, the default length and the default beam count (the model's, from
+    /// `generation_config.json`, where the user gave none) once, before the run.
     pub fn new(
         captioner: Captioner,
         prompt: Option<&str>,
         mut params: GenerationParams,
         max_new_tokens: Option<usize>,
+        num_beams: Option<usize>,
     ) -> Result<Self> {
         let prompt_ids = captioner.prompt_ids(prompt)?;
         params.max_new_tokens =
             max_new_tokens.unwrap_or_else(|| captioner.default_max_new_tokens(prompt_ids.len()));
+        params.num_beams = num_beams.unwrap_or_else(|| captioner.default_num_beams());
         params.validate()?;
         Ok(Self {
             name: "caption".into(),

@@ -1,26 +1,114 @@
-//! Zero-shot classification and auto-labelling as runner stages: the label prompts are embedded
-//! once, before the run, and every batch of images is scored against all of them at once.
+//! Classification and auto-labelling as runner stages, zero-shot (CLIP/SigLIP: the label prompts
+//! are embedded once, before the run, and every batch of images is scored against all of them at
+//! once) or closed-set (`*ForImageClassification`: the model's own `id2label`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 
+use crate::caption::read_json;
 use crate::error::{Error, Result};
-use crate::models::Scoring;
-use crate::preprocess::Preprocessor;
+use crate::hub::ModelFiles;
+use crate::models::{Architecture, ClassifierConfig, ImageClassifier, Scoring};
+use crate::preprocess::{Preprocessor, PreprocessorConfig};
 use crate::runner::{Prepared, Stage};
-use crate::zero_shot::ImageTextModel;
+use crate::weights;
+use crate::zero_shot::{load_image_text, ImageTextModel};
 
 /// The label written when no class is confident enough.
 pub const UNKNOWN: &str = "unknown";
 
 /// Default `--threshold` for per-label scores when none is given: SigLIP's sigmoid probabilities
 /// of true matches are often well below one half, and CLIP ViT-B cosines of matching pairs are
-/// about 0.25–0.35 (see prompts/README.md). Starting points, to be tuned per model.
-pub fn default_threshold(scoring: Scoring) -> f32 {
-    match scoring {
-        Scoring::Sigmoid => 0.1,
-        Scoring::Softmax => 0.25,
+/// about 0.25–0.35 (see prompts/README.md). Starting points, to be tuned per model. Closed-set
+/// classifiers' probabilities (softmax or sigmoid) get 0.1 too.
+pub fn default_threshold(model: &Recognizer) -> f32 {
+    match model {
+        Recognizer::ZeroShot(m) if m.encoder().scoring() == Scoring::Softmax => 0.25,
+        _ => 0.1,
     }
+}
+
+/// A closed-set classifier with its classes and preprocessing.
+pub struct ImageClassifierModel {
+    model: Box<dyn ImageClassifier>,
+    labels: Vec<String>,
+    multi_label: bool,
+    preprocessor: Preprocessor,
+    device: Device,
+    dtype: DType,
+    name: String,
+}
+
+impl ImageClassifierModel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The class names, in the model's id order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    /// Logits `[b, classes]` for CHW pixel buffers.
+    pub fn logits(&self, pixels: &[&[f32]]) -> Result<Tensor> {
+        let t = self.preprocessor.batch(pixels, &self.device, self.dtype)?;
+        Ok(self.model.logits(&t)?.to_dtype(DType::F32)?)
+    }
+
+    /// Probabilities `[b, classes]`: softmax, or sigmoid for `multi_label_classification` models
+    /// (as transformers' image-classification pipeline does).
+    pub fn probabilities(&self, pixels: &[&[f32]]) -> Result<Tensor> {
+        let logits = self.logits(pixels)?;
+        Ok(if self.multi_label {
+            candle_nn::ops::sigmoid(&logits)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&logits)?
+        })
+    }
+}
+
+/// A model that can classify: zero-shot image–text or closed-set.
+pub enum Recognizer {
+    ZeroShot(ImageTextModel),
+    ClosedSet(ImageClassifierModel),
+}
+
+impl Recognizer {
+    pub fn name(&self) -> &str {
+        match self {
+            Recognizer::ZeroShot(m) => m.name(),
+            Recognizer::ClosedSet(m) => m.name(),
+        }
+    }
+}
+
+/// Loads a CLIP/SigLIP model or an `*ForImageClassification`, whichever `config.json` names.
+pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Recognizer> {
+    let name = files.source().name();
+    let config = read_json(&files.get("config.json")?)?;
+    let cfg: ClassifierConfig = match Architecture::from_config(&config, &name)? {
+        Architecture::ImageClassifier(cfg) => *cfg,
+        _ => return Ok(Recognizer::ZeroShot(load_image_text(files, device, dtype)?)),
+    };
+    let vb = weights::var_builder(&files.weights()?, dtype, device)?;
+    let model = cfg.build(vb)?;
+    let preprocessor = match files.get_optional("preprocessor_config.json")? {
+        Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?)?,
+        None => Preprocessor::new(PreprocessorConfig::square(cfg.image_size()))?,
+    };
+    Ok(Recognizer::ClosedSet(ImageClassifierModel {
+        model,
+        labels: cfg.labels,
+        multi_label: cfg.multi_label,
+        preprocessor,
+        device: device.clone(),
+        dtype,
+        name,
+    }))
 }
 
 /// What a zero-shot stage writes.
@@ -41,19 +129,69 @@ pub enum Mode {
     Label { threshold: f32, max_tags: usize },
 }
 
-/// A zero-shot stage: the model, the labels and their (normalized) text embeddings.
-pub struct ZeroShotStage {
-    model: ImageTextModel,
+enum Scorer {
+    /// The (normalized) text embeddings of the labels.
+    ZeroShot {
+        model: ImageTextModel,
+        text_embeds: Tensor,
+    },
+    ClosedSet(ImageClassifierModel),
+}
+
+/// A classify or label stage: the model, the labels and what to write.
+pub struct ClassifyStage {
+    scorer: Scorer,
     labels: Vec<String>,
-    text_embeds: Tensor,
     mode: Mode,
     name: String,
 }
 
-impl ZeroShotStage {
-    /// Embeds every `label` in every template once (see
-    /// [`ImageTextModel::ensemble_text_embeds`]). `name` is the stage's name in a pipeline.
+fn check_mode(mode: &Mode) -> Result<()> {
+    match mode {
+        Mode::Classify { top_k: 0, .. } => Err(Error::Options("--top-k must be at least 1".into())),
+        Mode::Label { max_tags: 0, .. } => {
+            Err(Error::Options("--max-tags must be at least 1".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl ClassifyStage {
+    /// A stage over `model`: zero-shot models need `labels` (each embedded once in every
+    /// template, see [`ImageTextModel::ensemble_text_embeds`]); closed-set classifiers use their
+    /// own classes and take none. `name` is the stage's name in a pipeline.
     pub fn new(
+        model: Recognizer,
+        labels: Option<Vec<String>>,
+        templates: &[String],
+        mode: Mode,
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        match (model, labels) {
+            (Recognizer::ZeroShot(m), Some(labels)) => Self::zero_shot(m, labels, templates, mode, name),
+            (Recognizer::ZeroShot(m), None) => Err(Error::Options(format!(
+                "{} is a zero-shot model: give the classes (--labels, --labels-file or a vocabulary)",
+                m.name()
+            ))),
+            (Recognizer::ClosedSet(m), None) => {
+                check_mode(&mode)?;
+                Ok(Self {
+                    labels: m.labels().to_vec(),
+                    scorer: Scorer::ClosedSet(m),
+                    mode,
+                    name: name.into(),
+                })
+            }
+            (Recognizer::ClosedSet(m), Some(_)) => Err(Error::Options(format!(
+                "{} classifies into its own {} classes (id2label); labels are for zero-shot models (CLIP, SigLIP)",
+                m.name(),
+                m.labels().len()
+            ))),
+        }
+    }
+
+    /// A zero-shot stage; see [`ClassifyStage::new`].
+    pub fn zero_shot(
         model: ImageTextModel,
         labels: Vec<String>,
         templates: &[String],
@@ -73,31 +211,41 @@ impl ZeroShotStage {
         }
         let text_embeds = model.ensemble_text_embeds(&labels, templates)?;
         Ok(Self {
-            model,
+            scorer: Scorer::ZeroShot { model, text_embeds },
             labels,
-            text_embeds,
             mode,
             name: name.into(),
         })
-    }
-
-    pub fn model(&self) -> &ImageTextModel {
-        &self.model
     }
 
     pub fn labels(&self) -> &[String] {
         &self.labels
     }
 
+    pub fn is_zero_shot(&self) -> bool {
+        matches!(self.scorer, Scorer::ZeroShot { .. })
+    }
+
+    pub fn model_name(&self) -> &str {
+        match &self.scorer {
+            Scorer::ZeroShot { model, .. } => model.name(),
+            Scorer::ClosedSet(model) => model.name(),
+        }
+    }
+
     /// Score rows `[b][labels]` for a batch of pixel buffers, as this stage's mode reads them.
     pub fn score_pixels(&self, pixels: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
-        let tensor = self.model.pixels_to_tensor(pixels)?;
-        let image_embeds = self.model.embed_images(&tensor)?;
-        let scores = if self.per_label() {
-            self.model
-                .independent_scores(&image_embeds, &self.text_embeds)?
-        } else {
-            self.model.scores(&image_embeds, &self.text_embeds)?
+        let scores = match &self.scorer {
+            Scorer::ZeroShot { model, text_embeds } => {
+                let tensor = model.pixels_to_tensor(pixels)?;
+                let image_embeds = model.embed_images(&tensor)?;
+                if self.per_label() {
+                    model.independent_scores(&image_embeds, text_embeds)?
+                } else {
+                    model.scores(&image_embeds, text_embeds)?
+                }
+            }
+            Scorer::ClosedSet(model) => model.probabilities(pixels)?,
         };
         Ok(scores.to_vec2::<f32>()?)
     }
@@ -162,13 +310,16 @@ impl ZeroShotStage {
     }
 }
 
-impl Stage for ZeroShotStage {
+impl Stage for ClassifyStage {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn preprocessor(&self) -> &Preprocessor {
-        self.model.preprocessor()
+        match &self.scorer {
+            Scorer::ZeroShot { model, .. } => model.preprocessor(),
+            Scorer::ClosedSet(model) => model.preprocessor(),
+        }
     }
 
     fn run(&mut self, batch: &[Prepared], index: usize) -> Result<Vec<Map<String, Value>>> {

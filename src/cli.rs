@@ -153,8 +153,9 @@ pub struct ClassifyArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub sort: SortArgs,
-    /// The classes, comma-separated: --labels "cat,dog,bird".
-    #[arg(long, conflicts_with = "labels_file", required_unless_present_any = ["labels_file", "pipeline"])]
+    /// The classes, comma-separated: --labels "cat,dog,bird" (zero-shot models; a closed-set
+    /// classifier such as microsoft/resnet-50 uses its own).
+    #[arg(long, conflicts_with = "labels_file")]
     pub labels: Option<String>,
     /// The classes, one per line (# comments and blank lines ignored).
     #[arg(long, value_name = "FILE")]
@@ -186,9 +187,10 @@ pub struct LabelArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// The tags: a file with one per line, or a shipped vocabulary (everyday, coco).
-    #[arg(long, default_value = glance::prompts::DEFAULT_VOCAB, value_name = "FILE")]
-    pub vocab: String,
+    /// The tags: a file with one per line, or a shipped vocabulary (everyday, coco); default
+    /// everyday (a closed-set classifier uses its own classes).
+    #[arg(long, value_name = "FILE")]
+    pub vocab: Option<String>,
     #[command(flatten)]
     pub prompts: PromptArgs,
     /// The score a tag needs (SigLIP: sigmoid probability, default 0.1; CLIP: cosine similarity, default 0.25).
@@ -224,9 +226,9 @@ pub struct GenerationArgs {
     /// Fewest new tokens before the caption may end.
     #[arg(long, default_value_t = 0)]
     pub min_new_tokens: usize,
-    /// Beam search with this many beams (1 = greedy).
-    #[arg(long, default_value_t = 1)]
-    pub num_beams: usize,
+    /// Beam search with this many beams (1 = greedy; default: the model's generation_config, else 1).
+    #[arg(long)]
+    pub num_beams: Option<usize>,
     /// Beam search length penalty: > 0 favours longer captions, < 0 shorter.
     #[arg(long, default_value_t = 1.0)]
     pub length_penalty: f32,

@@ -14,7 +14,7 @@ use cli::{
     PipelineArgs, PromptArgs, RunArgs, SortArgs,
 };
 use glance::caption::{CaptionStage, Captioner};
-use glance::classify::{default_threshold, Mode, ZeroShotStage};
+use glance::classify::{default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer};
 use glance::generation::GenerationParams;
 use glance::hub::{ModelFiles, ModelSource};
 use glance::inputs::{collect_inputs, InputSpec};
@@ -22,7 +22,6 @@ use glance::output::{open_sink, Format, LabelStudioOptions, OutputOptions, Recor
 use glance::pipeline::Pipeline;
 use glance::runner::{self, RunOptions, RunReport, Stage};
 use glance::sort::{SortInto, SortMode, SortingSink};
-use glance::zero_shot::load_image_text;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,7 +48,6 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
     let g = &args.generation;
     let params = GenerationParams {
         min_new_tokens: g.min_new_tokens,
-        num_beams: g.num_beams,
         length_penalty: g.length_penalty,
         do_sample: g.do_sample,
         temperature: g.temperature,
@@ -71,7 +69,13 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
             glance::device::describe(&device)
         );
     }
-    let mut stage = CaptionStage::new(captioner, g.prompt.as_deref(), params, g.max_new_tokens)?;
+    let mut stage = CaptionStage::new(
+        captioner,
+        g.prompt.as_deref(),
+        params,
+        g.max_new_tokens,
+        g.num_beams,
+    )?;
     let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
@@ -87,32 +91,24 @@ fn classify(args: ClassifyArgs) -> Result<ExitCode> {
         );
     }
     let labels = match (&args.labels, &args.labels_file) {
-        (Some(list), _) => glance::prompts::parse_label_arg(list),
-        (None, Some(path)) => glance::prompts::read_list(path)?,
-        (None, None) => bail!("give the classes with --labels or --labels-file"),
+        (Some(list), _) => Some(glance::prompts::parse_label_arg(list)),
+        (None, Some(path)) => Some(glance::prompts::read_list(path)?),
+        (None, None) => None,
     };
     let templates = templates(&args.prompts)?;
     let output = output_options(&args.output, &["file", "label", "score", "error"], "label")?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, cli::DEFAULT_ZERO_SHOT_MODEL)?;
-    let model = load_image_text(&files, &device, dtype)?;
+    let model = load_recognizer(&files, &device, dtype)?;
     let mode = Mode::Classify {
         top_k: args.top_k,
         min_score: args.min_score,
-        multi_label: args.multi_label.then(|| {
-            args.threshold
-                .unwrap_or_else(|| default_threshold(model.encoder().scoring()))
-        }),
+        multi_label: args
+            .multi_label
+            .then(|| args.threshold.unwrap_or_else(|| default_threshold(&model))),
     };
-    announce(
-        &model,
-        labels.len(),
-        templates.len(),
-        &device,
-        dtype,
-        args.run.quiet,
-    );
-    let mut stage = ZeroShotStage::new(model, labels, &templates, mode, "classify")?;
+    let mut stage = ClassifyStage::new(model, labels, &templates, mode, "classify")?;
+    announce(&stage, &templates, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
@@ -121,27 +117,25 @@ fn label(args: LabelArgs) -> Result<ExitCode> {
     if let Some(name) = &args.model.pipeline {
         return run_preset(name, &args.device, &args.run, &args.output, None);
     }
-    let tags = glance::prompts::vocab(&args.vocab)?;
     let templates = templates(&args.prompts)?;
     let output = output_options(&args.output, &["file", "labels", "error"], "labels")?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, cli::DEFAULT_ZERO_SHOT_MODEL)?;
-    let model = load_image_text(&files, &device, dtype)?;
+    let model = load_recognizer(&files, &device, dtype)?;
+    // A zero-shot model tags from a vocabulary (the shipped one by default); a closed-set
+    // classifier from its own classes.
+    let tags = match (&model, &args.vocab) {
+        (Recognizer::ClosedSet(_), None) => None,
+        (_, vocab) => Some(glance::prompts::vocab(
+            vocab.as_deref().unwrap_or(glance::prompts::DEFAULT_VOCAB),
+        )?),
+    };
     let mode = Mode::Label {
-        threshold: args
-            .threshold
-            .unwrap_or_else(|| default_threshold(model.encoder().scoring())),
+        threshold: args.threshold.unwrap_or_else(|| default_threshold(&model)),
         max_tags: args.max_tags,
     };
-    announce(
-        &model,
-        tags.len(),
-        templates.len(),
-        &device,
-        dtype,
-        args.run.quiet,
-    );
-    let mut stage = ZeroShotStage::new(model, tags, &templates, mode, "label")?;
+    let mut stage = ClassifyStage::new(model, tags, &templates, mode, "label")?;
+    announce(&stage, &templates, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
@@ -207,20 +201,26 @@ fn execute(
 }
 
 fn announce(
-    model: &glance::zero_shot::ImageTextModel,
-    labels: usize,
-    templates: usize,
+    stage: &ClassifyStage,
+    templates: &[String],
     device: &candle_core::Device,
     dtype: candle_core::DType,
     quiet: bool,
 ) {
-    if !quiet {
-        eprintln!(
-            "glance: {} on {} ({dtype:?}), {labels} labels x {templates} templates",
-            model.name(),
-            glance::device::describe(device)
-        );
+    if quiet {
+        return;
     }
+    let prompts = if stage.is_zero_shot() {
+        format!(" x {} templates", templates.len())
+    } else {
+        " (the model's classes)".to_string()
+    };
+    eprintln!(
+        "glance: {} on {} ({dtype:?}), {} labels{prompts}",
+        stage.model_name(),
+        glance::device::describe(device),
+        stage.labels().len()
+    );
 }
 
 fn templates(args: &PromptArgs) -> Result<Vec<String>> {

@@ -23,13 +23,12 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::caption::{CaptionStage, Captioner};
-use crate::classify::{default_threshold, Mode, ZeroShotStage};
+use crate::classify::{default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer};
 use crate::error::{Error, Result};
 use crate::generation::GenerationParams;
 use crate::hub::{ModelFiles, ModelSource};
 use crate::prompts;
 use crate::runner::Stage;
-use crate::zero_shot::load_image_text;
 
 /// The captioning model used when none is named.
 pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
@@ -173,6 +172,11 @@ impl CaptionSpec {
 }
 
 impl LabelSpec {
+    /// Whether no labels, labels file or vocabulary is given.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_none() && self.labels_file.is_none() && self.vocab.is_none()
+    }
+
     /// The label list: exactly one of `labels`, `labels_file`, `vocab` (for `label` stages, the
     /// shipped default vocabulary when none is given).
     pub fn labels(&self, base: &Path, default_vocab: Option<&str>) -> Result<Vec<String>> {
@@ -417,6 +421,7 @@ impl StageSpec {
                     options.prompt.as_deref(),
                     options.params(),
                     options.max_new_tokens,
+                    options.num_beams,
                 )?;
                 stage.name = self.name();
                 Ok(Box::new(stage))
@@ -432,21 +437,20 @@ impl StageSpec {
                 ..
             } => {
                 let files = model_files(model, revision, DEFAULT_ZERO_SHOT_MODEL)?;
-                let m = load_image_text(&files, device, dtype)?;
-                let scoring = m.encoder().scoring();
+                let m = load_recognizer(&files, device, dtype)?;
                 let mode = Mode::Classify {
                     top_k: *top_k,
                     min_score: *min_score,
                     multi_label: multi_label
-                        .then(|| threshold.unwrap_or_else(|| default_threshold(scoring))),
+                        .then(|| threshold.unwrap_or_else(|| default_threshold(&m))),
                 };
-                let stage = ZeroShotStage::new(
-                    m,
-                    labels.labels(base, None)?,
-                    &labels.templates(base)?,
-                    mode,
-                    self.name(),
-                )?;
+                let given = labels.labels(base, None);
+                let classes = match (&m, given) {
+                    (Recognizer::ClosedSet(_), Err(_)) if labels.is_empty() => None,
+                    (_, given) => Some(given?),
+                };
+                let stage =
+                    ClassifyStage::new(m, classes, &labels.templates(base)?, mode, self.name())?;
                 Ok(Box::new(stage))
             }
             StageSpec::Label {
@@ -458,19 +462,17 @@ impl StageSpec {
                 ..
             } => {
                 let files = model_files(model, revision, DEFAULT_ZERO_SHOT_MODEL)?;
-                let m = load_image_text(&files, device, dtype)?;
-                let scoring = m.encoder().scoring();
+                let m = load_recognizer(&files, device, dtype)?;
                 let mode = Mode::Label {
-                    threshold: threshold.unwrap_or_else(|| default_threshold(scoring)),
+                    threshold: threshold.unwrap_or_else(|| default_threshold(&m)),
                     max_tags: *max_tags,
                 };
-                let stage = ZeroShotStage::new(
-                    m,
-                    labels.labels(base, Some(prompts::DEFAULT_VOCAB))?,
-                    &labels.templates(base)?,
-                    mode,
-                    self.name(),
-                )?;
+                let tags = match &m {
+                    Recognizer::ClosedSet(_) if labels.is_empty() => None,
+                    _ => Some(labels.labels(base, Some(prompts::DEFAULT_VOCAB))?),
+                };
+                let stage =
+                    ClassifyStage::new(m, tags, &labels.templates(base)?, mode, self.name())?;
                 Ok(Box::new(stage))
             }
         }

@@ -37,7 +37,14 @@ pub fn load_image_text(
     let encoder: Box<dyn ImageTextEncoder> = match &arch {
         Architecture::Clip(cfg) => Box::new(models::clip::ClipModel::new(cfg, vb)?),
         Architecture::Siglip(cfg) => Box::new(models::siglip::SiglipModel::new(cfg, vb)?),
-        Architecture::Blip(_) => {
+        Architecture::ImageClassifier(_) => {
+            return Err(Error::WrongTask {
+                model: name,
+                kind: "a closed-set image classifier",
+                command: "classify (without --labels)",
+            })
+        }
+        Architecture::Blip(_) | Architecture::VisionEncoderDecoder(_) => {
             return Err(Error::WrongTask {
                 model: name,
                 kind: "a captioning model",

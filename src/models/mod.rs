@@ -2,10 +2,15 @@
 
 pub mod blip;
 pub mod clip;
+pub mod convnext;
+pub mod gpt2;
 pub mod linear;
 pub mod ops;
+pub mod resnet;
 pub mod siglip;
 pub mod softmax;
+pub mod vision_encoder_decoder;
+pub mod vit;
 
 use candle_core::Tensor;
 use serde_json::Value;
@@ -51,12 +56,105 @@ pub trait ImageTextEncoder: Send + Sync {
     fn text_padding(&self) -> TextPadding;
 }
 
+/// Closed-set image classifiers (`*ForImageClassification`): pixels to one logit per class of
+/// the model's `id2label`.
+pub trait ImageClassifier: Send + Sync {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+impl ImageClassifier for vit::VitClassifier {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(pixels)?)
+    }
+}
+
+impl ImageClassifier for resnet::ResNetClassifier {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(pixels)?)
+    }
+}
+
+impl ImageClassifier for convnext::ConvNextClassifier {
+    fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(pixels)?)
+    }
+}
+
+/// The backbone of an image classifier.
+#[derive(Debug, Clone)]
+pub enum ClassifierBackbone {
+    Vit(vit::VitConfig),
+    ResNet(resnet::ResNetConfig),
+    ConvNext(convnext::ConvNextConfig),
+}
+
+/// An `*ForImageClassification` config: the backbone, the class names in id order and whether
+/// classes are exclusive (softmax) or independent (sigmoid, `multi_label_classification`).
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    pub backbone: ClassifierBackbone,
+    pub labels: Vec<String>,
+    pub multi_label: bool,
+}
+
+impl ClassifierConfig {
+    fn parse(config: &Value, backbone: ClassifierBackbone, model: &str) -> Result<Self> {
+        let bad = |m: String| Error::Config {
+            file: format!("config.json of {model}"),
+            message: m,
+        };
+        let map = config
+            .get("id2label")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("an image classifier needs id2label".into()))?;
+        let mut labels = vec![String::new(); map.len()];
+        for (id, label) in map {
+            let i: usize = id
+                .parse()
+                .ok()
+                .filter(|i| *i < labels.len())
+                .ok_or_else(|| bad(format!("id2label has a bad id {id:?}")))?;
+            labels[i] = label.as_str().unwrap_or_default().to_string();
+        }
+        let multi_label = config.get("problem_type").and_then(Value::as_str)
+            == Some("multi_label_classification");
+        Ok(Self {
+            backbone,
+            labels,
+            multi_label,
+        })
+    }
+
+    /// Builds the classifier from the checkpoint's tensors.
+    pub fn build(&self, vb: candle_nn::VarBuilder) -> Result<Box<dyn ImageClassifier>> {
+        let n = self.labels.len();
+        Ok(match &self.backbone {
+            ClassifierBackbone::Vit(c) => Box::new(vit::VitClassifier::new(c, n, vb)?),
+            ClassifierBackbone::ResNet(c) => Box::new(resnet::ResNetClassifier::new(c, n, vb)?),
+            ClassifierBackbone::ConvNext(c) => {
+                Box::new(convnext::ConvNextClassifier::new(c, n, vb)?)
+            }
+        })
+    }
+
+    /// The input size for models without a preprocessor config.
+    pub fn image_size(&self) -> u32 {
+        match &self.backbone {
+            ClassifierBackbone::Vit(c) => c.image_size as u32,
+            _ => 224,
+        }
+    }
+}
+
 /// How a text prompt becomes the decoder's first tokens.
 #[derive(Debug, Clone)]
 pub enum PromptStyle {
     /// BLIP: tokenize with special tokens, replace the first ([CLS]) by `bos`, drop the last
     /// ([SEP]); no prompt means `[bos]`.
     ReplaceFirstDropLast { bos: u32 },
+    /// Vision encoder–decoders: `decoder_start_token_id`, then the prompt's tokens without
+    /// special tokens.
+    StartThenText { start: u32 },
 }
 
 /// What a captioning architecture contributes: an encoder, a decoder and its token rules.
@@ -67,6 +165,8 @@ pub struct CaptionParts {
     pub stop: StopTokens,
     /// Total length (prompt included) transformers generates when no length is given.
     pub default_max_length: usize,
+    /// `generation_config.json`'s `num_beams`, used when the user asks for none.
+    pub default_num_beams: Option<usize>,
     /// The input size the encoder was trained at, for models without a preprocessor config.
     pub image_size: u32,
 }
@@ -77,10 +177,22 @@ pub enum Architecture {
     Blip(Box<blip::BlipConfig>),
     Clip(Box<clip::ClipConfig>),
     Siglip(Box<siglip::SiglipConfig>),
+    VisionEncoderDecoder(Box<vision_encoder_decoder::VisionEncoderDecoderConfig>),
+    ImageClassifier(Box<ClassifierConfig>),
 }
 
 /// `architectures` values glance supports, for error messages.
-pub const SUPPORTED: &[&str] = &["BlipForConditionalGeneration", "CLIPModel", "SiglipModel"];
+pub const SUPPORTED: &[&str] = &[
+    "BlipForConditionalGeneration",
+    "VisionEncoderDecoderModel",
+    "CLIPModel",
+    "SiglipModel",
+    "ViTForImageClassification",
+    "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher",
+    "ResNetForImageClassification",
+    "ConvNextForImageClassification",
+];
 
 impl Architecture {
     /// Picks the implementation from `architectures` (or `model_type` when that is absent).
@@ -104,6 +216,34 @@ impl Architecture {
             (Some("CLIPModel"), _) | (None, Some("clip")) => Ok(Self::Clip(parse(config, model)?)),
             (Some("SiglipModel"), _) | (None, Some("siglip")) => {
                 Ok(Self::Siglip(parse(config, model)?))
+            }
+            (Some("VisionEncoderDecoderModel"), _) | (None, Some("vision-encoder-decoder")) => {
+                Ok(Self::VisionEncoderDecoder(parse(config, model)?))
+            }
+            (
+                Some(
+                    "ViTForImageClassification"
+                    | "DeiTForImageClassification"
+                    | "DeiTForImageClassificationWithTeacher",
+                ),
+                _,
+            ) => {
+                let backbone = ClassifierBackbone::Vit(*parse(config, model)?);
+                Ok(Self::ImageClassifier(Box::new(ClassifierConfig::parse(
+                    config, backbone, model,
+                )?)))
+            }
+            (Some("ResNetForImageClassification"), _) => {
+                let backbone = ClassifierBackbone::ResNet(*parse(config, model)?);
+                Ok(Self::ImageClassifier(Box::new(ClassifierConfig::parse(
+                    config, backbone, model,
+                )?)))
+            }
+            (Some("ConvNextForImageClassification"), _) => {
+                let backbone = ClassifierBackbone::ConvNext(*parse(config, model)?);
+                Ok(Self::ImageClassifier(Box::new(ClassifierConfig::parse(
+                    config, backbone, model,
+                )?)))
             }
             (found, model_type) => Err(Error::Unsupported {
                 model: model.to_string(),

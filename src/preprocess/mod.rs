@@ -34,6 +34,8 @@ pub struct PreprocessorConfig {
     pub crop_size: Option<SizeSpec>,
     /// ConvNeXt-style: resize the shortest edge to `size / crop_pct`, then crop `size`.
     pub crop_pct: Option<f64>,
+    /// e.g. "ConvNextImageProcessor" (whose `crop_pct` defaults to 224/256).
+    pub image_processor_type: Option<String>,
     #[serde(default = "yes")]
     pub do_rescale: bool,
     #[serde(default = "one_over_255")]
@@ -76,6 +78,7 @@ impl PreprocessorConfig {
             do_center_crop: false,
             crop_size: None,
             crop_pct: None,
+            image_processor_type: None,
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
@@ -116,6 +119,11 @@ impl Preprocessor {
         let std = three(&cfg.image_std, IMAGENET_STD, "image_std")?;
         let (out_height, out_width) = match (cfg.do_center_crop, cfg.crop_size, cfg.size) {
             (true, Some(crop), _) => fixed_size(crop)?,
+            (_, _, Some(SizeSpec::ShortestEdge { shortest_edge: s }))
+                if convnext_pct(&cfg).is_some() =>
+            {
+                (s, s)
+            }
             (_, _, Some(size)) => fixed_size(size)?,
             _ => return Err(Error::Options("preprocessor config has no size".into())),
         };
@@ -164,6 +172,18 @@ impl Preprocessor {
         }
         let (w, h) = image.dimensions();
         let (th, tw) = match self.cfg.size {
+            // Matches ConvNextImageProcessor.resize: below 384 keep the aspect ratio with the
+            // shortest edge at size / crop_pct (the crop follows); from 384 on, warp to a square.
+            Some(SizeSpec::ShortestEdge { shortest_edge: s })
+                if convnext_pct(&self.cfg).is_some() =>
+            {
+                let pct = convnext_pct(&self.cfg).unwrap_or(1.0);
+                if s < 384 {
+                    shortest_edge_size(h, w, (f64::from(s) / pct) as u32)
+                } else {
+                    (s, s)
+                }
+            }
             Some(SizeSpec::HeightWidth { height, width }) => (height, width),
             Some(SizeSpec::Square(s)) if !self.cfg.do_center_crop => (s, s),
             Some(SizeSpec::ShortestEdge { shortest_edge: s }) | Some(SizeSpec::Square(s)) => {
@@ -230,6 +250,20 @@ impl Preprocessor {
             }
         }
         out
+    }
+}
+
+/// The ConvNeXt processor's `crop_pct` (224/256 when its config leaves it out), `None` for other
+/// processors.
+fn convnext_pct(cfg: &PreprocessorConfig) -> Option<f64> {
+    let convnext = cfg
+        .image_processor_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("ConvNext"));
+    match cfg.crop_pct {
+        Some(p) => Some(p),
+        None if convnext => Some(224.0 / 256.0),
+        None => None,
     }
 }
 

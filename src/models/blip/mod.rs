@@ -1,7 +1,7 @@
 //! BLIP image captioning (`BlipForConditionalGeneration`, Salesforce/blip-image-captioning-*).
 
 pub mod config;
-mod text;
+pub(crate) mod text;
 mod vision;
 
 use candle_core::Tensor;
@@ -24,7 +24,7 @@ impl ImageEncoder for vision::VisionModel {
 // [SEP] is dropped, generation stops at sep_token_id and pads with pad_token_id.
 pub fn load(cfg: &BlipConfig, vb: VarBuilder) -> Result<CaptionParts> {
     let encoder = vision::VisionModel::new(&cfg.vision_config, vb.pp("vision_model"))?;
-    let decoder = text::TextDecoderModel::new(&cfg.text_config, vb.pp("text_decoder"))?;
+    let decoder = text::TextDecoderModel::new(&cfg.text_config, false, vb.pp("text_decoder"))?;
     let t = &cfg.text_config;
     Ok(CaptionParts {
         encoder: Box::new(encoder),
@@ -37,6 +37,7 @@ pub fn load(cfg: &BlipConfig, vb: VarBuilder) -> Result<CaptionParts> {
             pad: t.pad_token_id,
         },
         default_max_length: t.max_length.unwrap_or(20),
+        default_num_beams: None,
         image_size: cfg.vision_config.image_size as u32,
     })
 }

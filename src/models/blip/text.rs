@@ -1,5 +1,7 @@
 //! BLIP's text decoder (`BlipTextLMHeadModel`): a BERT with causal self-attention and
-//! cross-attention to the image, plus the masked-LM head used as the language-model head.
+//! cross-attention to the image, plus the masked-LM head used as the language-model head. The
+//! same module is transformers' `BertLMHeadModel` decoder (plus token-type embeddings), so
+//! vision encoder–decoder captioners with a BERT decoder use it too.
 //!
 //! Unlike a plain port, the cross-attention keys/values of the image are computed once per image
 //! (in `new_cache`), and any batch size works.
@@ -131,6 +133,8 @@ impl Layer {
 
 pub struct TextDecoderModel {
     word_embeddings: Embedding,
+    /// BERT's `token_type_embeddings` row 0 (every token is type 0); BLIP has none.
+    token_type: Option<Tensor>,
     position_embeddings: Embedding,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
@@ -143,12 +147,18 @@ pub struct TextDecoderModel {
 }
 
 impl TextDecoderModel {
-    /// `vb` points at `text_decoder`.
-    pub fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` points at `text_decoder` (BLIP) or at a `BertLMHeadModel` (`decoder` in a
+    /// vision encoder–decoder, where `token_types` loads BERT's token-type embeddings).
+    pub fn new(cfg: &BlipTextConfig, token_types: bool, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let bert = vb.pp("bert");
         let emb = bert.pp("embeddings");
         let word_embeddings = embedding(cfg.vocab_size, d, emb.pp("word_embeddings"))?;
+        let token_type = if token_types {
+            Some(emb.get_unchecked("token_type_embeddings.weight")?.get(0)?)
+        } else {
+            None
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, bert.pp("encoder.layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -172,6 +182,7 @@ impl TextDecoderModel {
             )?,
             embed_norm: layer_norm(d, cfg.layer_norm_eps, emb.pp("LayerNorm"))?,
             word_embeddings,
+            token_type,
             layers,
             head_dense: linear(d, d, pred.pp("transform.dense"))?,
             head_norm: layer_norm(d, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
@@ -207,11 +218,14 @@ impl TextDecoder for TextDecoderModel {
         let (_, n) = ids.dims2()?;
         let past = cache.seq_len;
         let positions = Tensor::arange(past as u32, (past + n) as u32, &self.device)?;
-        let x = self
+        let mut x = self
             .word_embeddings
             .forward(ids)?
-            .broadcast_add(&self.position_embeddings.forward(&positions)?)?
-            .apply(&self.embed_norm)?;
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        if let Some(t) = &self.token_type {
+            x = x.broadcast_add(t)?;
+        }
+        let x = x.apply(&self.embed_norm)?;
         let mask = if n > 1 {
             Some(causal_mask(n, past, self.dtype, &self.device)?)
         } else {
