@@ -134,17 +134,32 @@ impl SafetensorsFiles {
             }
             .bt()
         })?;
-        let (path, file) = &self.files[entry.file];
-        let mut bytes = vec![0u8; entry.len];
-        {
-            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-            file.seek(SeekFrom::Start(entry.start))
-                .and_then(|_| file.read_exact(&mut bytes))
-                .map_err(|e| {
-                    candle_core::Error::Msg(format!("{}: reading {name}: {e}", path.display()))
-                })?;
+        // f32 (the common case) is read straight into the tensor's buffer: safetensors stores
+        // little-endian values, which on a little-endian host are the in-memory layout, so no
+        // second copy (and no second round of page faults) is needed.
+        #[cfg(target_endian = "little")]
+        if entry.dtype == DType::F32 {
+            let mut values = vec![0f32; entry.len / 4];
+            // SAFETY: any bit pattern is a valid f32, and the byte view covers exactly `values`.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), entry.len)
+            };
+            self.read_into(entry, name, bytes)?;
+            return Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu);
         }
+        let mut bytes = vec![0u8; entry.len];
+        self.read_into(entry, name, &mut bytes)?;
         Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
+    }
+
+    fn read_into(&self, entry: &Entry, name: &str, buf: &mut [u8]) -> candle_core::Result<()> {
+        let (path, file) = &self.files[entry.file];
+        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+        file.seek(SeekFrom::Start(entry.start))
+            .and_then(|_| file.read_exact(buf))
+            .map_err(|e| {
+                candle_core::Error::Msg(format!("{}: reading {name}: {e}", path.display()))
+            })
     }
 }
 

@@ -27,6 +27,19 @@ impl TryFrom<String> for HiddenAct {
 
 impl Module for HiddenAct {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        use crate::models::activation::{gelu, Gelu};
+        use candle_nn::Activation;
+        let fast = match self {
+            Self::QuickGelu => Some(Gelu::Quick),
+            Self::Other(Activation::Gelu) => Some(Gelu::Erf),
+            Self::Other(Activation::NewGelu | Activation::GeluPytorchTanh) => Some(Gelu::Tanh),
+            Self::Other(_) => None,
+        };
+        if let Some(kind) = fast {
+            if let Some(y) = gelu(xs, kind)? {
+                return Ok(y);
+            }
+        }
         match self {
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
             Self::Other(act) => act.forward(xs),

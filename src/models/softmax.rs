@@ -83,7 +83,7 @@ unsafe fn exp_row_avx2(row: &mut [f32], max: f32) -> f32 {
 /// Cephes `expf` on eight lanes: 2^n · P(r) with x = n·ln2 + r; inputs below -87.3 give 0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+pub(crate) fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let lo = _mm256_set1_ps(-87.3);
     let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);

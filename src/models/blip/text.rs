@@ -91,7 +91,7 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
-    act: candle_nn::Activation,
+    act: crate::models::ops::HiddenAct,
 }
 
 impl Layer {
@@ -103,7 +103,7 @@ impl Layer {
             intermediate: linear(d, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
             output: linear(cfg.intermediate_size, d, vb.pp("output.dense"))?,
             output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
-            act: cfg.hidden_act,
+            act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
         })
     }
 
@@ -140,7 +140,7 @@ pub struct TextDecoderModel {
     layers: Vec<Layer>,
     head_dense: Linear,
     head_norm: LayerNorm,
-    head_act: candle_nn::Activation,
+    head_act: crate::models::ops::HiddenAct,
     head_decoder: Linear,
     device: Device,
     dtype: DType,
@@ -186,7 +186,7 @@ impl TextDecoderModel {
             layers,
             head_dense: linear(d, d, pred.pp("transform.dense"))?,
             head_norm: layer_norm(d, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
-            head_act: cfg.hidden_act,
+            head_act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
             head_decoder: Linear::new(decoder_weight, Some(bias)),
             device: vb.device().clone(),
             dtype: vb.dtype(),

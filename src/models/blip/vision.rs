@@ -53,7 +53,7 @@ struct Layer {
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    act: candle_nn::Activation,
+    act: crate::models::ops::HiddenAct,
 }
 
 impl Layer {
@@ -68,7 +68,7 @@ impl Layer {
             layer_norm2: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             fc1: linear(d, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
             fc2: linear(cfg.intermediate_size, d, vb.pp("mlp").pp("fc2"))?,
-            act: cfg.hidden_act,
+            act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
         })
     }
 
