@@ -235,6 +235,7 @@ impl ClassifyStage {
 
     /// Score rows `[b][labels]` for a batch of pixel buffers, as this stage's mode reads them.
     pub fn score_pixels(&self, pixels: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        let started = std::time::Instant::now();
         let scores = match &self.scorer {
             Scorer::ZeroShot { model, text_embeds } => {
                 let tensor = model.pixels_to_tensor(pixels)?;
@@ -247,7 +248,15 @@ impl ClassifyStage {
             }
             Scorer::ClosedSet(model) => model.probabilities(pixels)?,
         };
-        Ok(scores.to_vec2::<f32>()?)
+        let rows = scores.to_vec2::<f32>()?;
+        if std::env::var_os("GLANCE_TIMINGS").is_some() {
+            eprintln!(
+                "glance timings: batch {} scored in {:.2}s",
+                pixels.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(rows)
     }
 
     fn per_label(&self) -> bool {

@@ -107,7 +107,14 @@ fn classify(args: ClassifyArgs) -> Result<ExitCode> {
             .multi_label
             .then(|| args.threshold.unwrap_or_else(|| default_threshold(&model))),
     };
+    let started = std::time::Instant::now();
     let mut stage = ClassifyStage::new(model, labels, &templates, mode, "classify")?;
+    if std::env::var_os("GLANCE_TIMINGS").is_some() {
+        eprintln!(
+            "glance timings: labels embedded in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     announce(&stage, &templates, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))

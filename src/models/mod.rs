@@ -1,5 +1,6 @@
 //! Model families, chosen from `config.json`, and the narrow traits tasks use.
 
+pub mod activation;
 pub mod blip;
 pub mod clip;
 pub mod convnext;
@@ -9,6 +10,7 @@ pub mod ops;
 pub mod resnet;
 pub mod siglip;
 pub mod softmax;
+pub mod swin;
 pub mod vision_encoder_decoder;
 pub mod vit;
 

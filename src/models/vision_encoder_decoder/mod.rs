@@ -13,11 +13,12 @@ use crate::models::blip::config::BlipTextConfig;
 use crate::models::blip::text::TextDecoderModel;
 use crate::models::gpt2::{Gpt2Config, Gpt2Decoder};
 use crate::models::linear::{linear, Linear};
+use crate::models::swin::{SwinConfig, SwinModel};
 use crate::models::vit::{VitConfig, VitModel};
 use crate::models::{CaptionParts, ImageEncoder, PromptStyle};
 
 /// Encoder families glance builds inside a vision encoder–decoder.
-pub const ENCODERS: &[&str] = &["vit", "deit"];
+pub const ENCODERS: &[&str] = &["vit", "deit", "swin"];
 /// Decoder families glance builds inside a vision encoder–decoder.
 pub const DECODERS: &[&str] = &["gpt2", "bert"];
 
@@ -66,15 +67,23 @@ fn parse<T: serde::de::DeserializeOwned>(v: &Value, what: &str, model: &str) -> 
     })
 }
 
+enum Backbone {
+    Vit(VitModel),
+    Swin(SwinModel),
+}
+
 struct Encoder {
-    vit: VitModel,
+    backbone: Backbone,
     /// `enc_to_dec_proj`, present when encoder and decoder widths differ.
     proj: Option<Linear>,
 }
 
 impl ImageEncoder for Encoder {
     fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.vit.forward(pixels)?;
+        let x = match &self.backbone {
+            Backbone::Vit(m) => m.forward(pixels)?,
+            Backbone::Swin(m) => m.forward(pixels)?,
+        };
         Ok(match &self.proj {
             Some(p) => p.forward(&x)?,
             None => x,
@@ -99,12 +108,19 @@ pub fn load(
                 "VisionEncoderDecoderModel with a {enc_type} encoder and a {dec_type} decoder"
             ),
             supported: vec![
-                "vision encoder-decoder: vit or deit encoder with a gpt2 or bert decoder",
+                "vision encoder-decoder: vit, deit or swin encoder with a gpt2 or bert decoder",
             ],
         });
     }
-    let vit_cfg: VitConfig = parse(&cfg.encoder, "encoder", model)?;
-    let vit = VitModel::new(&vit_cfg, vb.pp("encoder"))?;
+    let (backbone, enc_width, image_size) = if enc_type == "swin" {
+        let c: SwinConfig = parse(&cfg.encoder, "encoder", model)?;
+        let m = SwinModel::new(&c, vb.pp("encoder"))?;
+        (Backbone::Swin(m), c.hidden_size(), c.image_size)
+    } else {
+        let c: VitConfig = parse(&cfg.encoder, "encoder", model)?;
+        let m = VitModel::new(&c, vb.pp("encoder"))?;
+        (Backbone::Vit(m), c.hidden_size, c.image_size)
+    };
     let dec = &cfg.decoder;
     let (decoder, dec_width, dec_eos): (Box<dyn TextDecoder>, usize, Vec<u32>) = match dec_type {
         "gpt2" => {
@@ -131,12 +147,8 @@ pub fn load(
         .get("cross_attention_hidden_size")
         .and_then(Value::as_u64)
         .map(|n| n as usize);
-    let proj = if vit_cfg.hidden_size != dec_width && cross_width.is_none() {
-        Some(linear(
-            vit_cfg.hidden_size,
-            dec_width,
-            vb.pp("enc_to_dec_proj"),
-        )?)
+    let proj = if enc_width != dec_width && cross_width.is_none() {
+        Some(linear(enc_width, dec_width, vb.pp("enc_to_dec_proj"))?)
     } else {
         None
     };
@@ -161,12 +173,12 @@ pub fn load(
         .or(eos.first().copied())
         .unwrap_or(0);
     Ok(CaptionParts {
-        encoder: Box::new(Encoder { vit, proj }),
+        encoder: Box::new(Encoder { backbone, proj }),
         decoder,
         prompt: PromptStyle::StartThenText { start },
         stop: StopTokens { eos, pad },
         default_max_length: generation.max_length.or(cfg.max_length).unwrap_or(20),
         default_num_beams: generation.num_beams,
-        image_size: vit_cfg.image_size as u32,
+        image_size: image_size as u32,
     })
 }
