@@ -714,3 +714,83 @@ fn blip_greedy_captions() -> HashMap<String, String> {
         })
         .collect()
 }
+
+/// A closed-set classifier needs no labels: its id2label classes and softmax probabilities, equal
+/// to transformers' logits (tests/fixtures/resnet-cls-tiny), sort images like zero-shot ones.
+#[test]
+fn closed_set_classifier_uses_its_own_classes() {
+    let dir = fixture("resnet-cls-tiny");
+    let reference = common::reference(&dir);
+    let photos = photo_dir(&reference);
+    let sorted = tempfile::tempdir().unwrap();
+    let out = run(glance()
+        .args(["classify", "--quiet", "--top-k", "2", "-m"])
+        .arg(&dir)
+        .arg("--sort-into")
+        .arg(sorted.path())
+        .arg("--link")
+        .arg(photos.path()));
+    let records = by_name(jsonl(&out));
+    let logits = rows(&dir, "logits");
+    for (row, name) in png_rows(&reference) {
+        let l = &logits[row];
+        let max = l.iter().copied().fold(f64::MIN, f64::max);
+        let sum: f64 = l.iter().map(|x| (x - max).exp()).sum();
+        let best = l.iter().position(|x| *x == max).unwrap();
+        let label = reference["id2label"][best.to_string()].as_str().unwrap();
+        let rec = &records[&name];
+        assert_eq!(rec["label"], label, "{name}");
+        assert!(
+            (rec["score"].as_f64().unwrap() - 1.0 / sum).abs() < SCORE_TOLERANCE,
+            "{name}"
+        );
+        assert_eq!(rec["predictions"].as_array().unwrap().len(), 2);
+        assert!(sorted
+            .path()
+            .join(glance::sort::dir_name(label))
+            .join(&name)
+            .exists());
+    }
+    // Labels are for zero-shot models only.
+    let out = glance()
+        .args(["classify", "--labels", "cat,dog", "-m"])
+        .arg(&dir)
+        .arg(photos.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its own") && err.contains("id2label"), "{err}");
+}
+
+/// `glance caption` picks a vision encoder–decoder from config.json and writes transformers'
+/// greedy captions (tests/fixtures/vit-gpt2-tiny).
+#[test]
+fn caption_runs_a_vision_encoder_decoder() {
+    let dir = fixture("vit-gpt2-tiny");
+    let reference = common::reference(&dir);
+    let photos = photo_dir(&reference);
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "greedy")
+        .unwrap()
+        .clone();
+    let max_new = case["max_new_tokens"].to_string();
+    let out = run(glance()
+        .args([
+            "caption",
+            "--quiet",
+            "--max-new-tokens",
+            &max_new,
+            "-b",
+            "3",
+            "-m",
+        ])
+        .arg(&dir)
+        .arg(photos.path()));
+    let records = by_name(jsonl(&out));
+    for (row, name) in png_rows(&reference) {
+        assert_eq!(records[&name]["caption"], case["captions"][row], "{name}");
+    }
+}

@@ -36,6 +36,8 @@ pub struct PreprocessorConfig {
     pub crop_pct: Option<f64>,
     /// e.g. "ConvNextImageProcessor" (whose `crop_pct` defaults to 224/256).
     pub image_processor_type: Option<String>,
+    /// The legacy name of the same, e.g. "ConvNextFeatureExtractor" (microsoft/resnet-50).
+    pub feature_extractor_type: Option<String>,
     #[serde(default = "yes")]
     pub do_rescale: bool,
     #[serde(default = "one_over_255")]
@@ -79,6 +81,7 @@ impl PreprocessorConfig {
             crop_size: None,
             crop_pct: None,
             image_processor_type: None,
+            feature_extractor_type: None,
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
@@ -112,7 +115,12 @@ fn three(values: &Option<Vec<f32>>, default: [f32; 3], what: &str) -> Result<[f3
 }
 
 impl Preprocessor {
-    pub fn new(cfg: PreprocessorConfig) -> Result<Self> {
+    pub fn new(mut cfg: PreprocessorConfig) -> Result<Self> {
+        // ConvNeXt processors read a bare `"size": 224` (the legacy layout of
+        // microsoft/resnet-50) as {"shortest_edge": 224}.
+        if let (Some(SizeSpec::Square(s)), true) = (cfg.size, is_convnext(&cfg)) {
+            cfg.size = Some(SizeSpec::ShortestEdge { shortest_edge: s });
+        }
         let filter = Filter::from_pil_code(cfg.resample)
             .ok_or_else(|| Error::Options(format!("unknown resample code {}", cfg.resample)))?;
         let mean = three(&cfg.image_mean, IMAGENET_MEAN, "image_mean")?;
@@ -256,15 +264,17 @@ impl Preprocessor {
 /// The ConvNeXt processor's `crop_pct` (224/256 when its config leaves it out), `None` for other
 /// processors.
 fn convnext_pct(cfg: &PreprocessorConfig) -> Option<f64> {
-    let convnext = cfg
-        .image_processor_type
-        .as_deref()
-        .is_some_and(|t| t.starts_with("ConvNext"));
     match cfg.crop_pct {
         Some(p) => Some(p),
-        None if convnext => Some(224.0 / 256.0),
+        None if is_convnext(cfg) => Some(224.0 / 256.0),
         None => None,
     }
+}
+
+fn is_convnext(cfg: &PreprocessorConfig) -> bool {
+    [&cfg.image_processor_type, &cfg.feature_extractor_type]
+        .iter()
+        .any(|t| t.as_deref().is_some_and(|t| t.starts_with("ConvNext")))
 }
 
 fn fixed_size(size: SizeSpec) -> Result<(u32, u32)> {
