@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
 # Side-by-side CPU speed benchmark: glance vs Python transformers on the same folder with the
 # same real-size models (random weights, built locally: nothing is downloaded), for captioning
-# (BLIP) and zero-shot classification (CLIP, SigLIP).
+# (BLIP, ViT-GPT2) and zero-shot classification (CLIP, SigLIP).
 #
 # Run from anywhere (it works from the repository root), after `cargo build --release`:
 #
 #     PYTHON=venv/bin/python benches/bench.sh                       # every case
 #     CASES=classify benches/bench.sh                               # the zero-shot cases only
 #     CASES="blip-base-greedy clip-b32-100" REPEAT=3 benches/bench.sh
+#     CASES="vit-gpt2-greedy vit-gpt2-beam3" benches/bench.sh       # the ViT-GPT2 captioning cases
 #     GLANCE=/path/to/glance REPEAT=3 BENCH_LARGE=1 benches/bench.sh
 #
 # Cases (name: what)
 #   caption  (batch BATCH, exactly NEW_TOKENS new tokens per caption):
-#     blip-base-greedy, blip-base-beam3 (+ blip-large-greedy, blip-large-beam3 with BENCH_LARGE=1)
+#     blip-base-greedy, blip-base-beam3 (+ blip-large-greedy, blip-large-beam3 with BENCH_LARGE=1),
+#     vit-gpt2-greedy, vit-gpt2-beam3 (nlpconnect/vit-gpt2-image-captioning's architecture:
+#     VisionEncoderDecoderModel, ViT-B/16 at 224 + GPT-2 base with cross-attention)
 #   classify (zero-shot, batch BATCH_ZS, one template TEMPLATE, top TOP_K; the N labels are the
 #   first N lines of LABELS_FILE, the same file for both sides):
 #     clip-b32-100 (CLIP ViT-B/32, 100 labels), clip-b32-1000 (1000 labels), siglip-b16-100
 #
 # What it does:
 #   1. creates the models the selected cases need in bench-models/ with benches/make_models.py
-#      if missing (blip-base ~1 GB, blip-large ~1.9 GB, clip-b32 ~0.6 GB, siglip-b16 ~0.8 GB;
-#      not to be committed);
+#      if missing (blip-base ~1 GB, blip-large ~1.9 GB, vit-gpt2 ~1 GB, clip-b32 ~0.6 GB,
+#      siglip-b16 ~0.8 GB; not to be committed);
 #   2. for each case runs
 #        - benches/transformers_caption.py (times image opening + preprocessing + generate +
 #          decode) or benches/transformers_classify.py (times encoding the label prompts once +
@@ -76,6 +79,7 @@ ALL_CASES=("blip-base-greedy caption blip-base 1" "blip-base-beam3 caption blip-
 if [ "${BENCH_LARGE:-0}" = 1 ]; then
     ALL_CASES+=("blip-large-greedy caption blip-large 1" "blip-large-beam3 caption blip-large 3")
 fi
+ALL_CASES+=("vit-gpt2-greedy caption vit-gpt2 1" "vit-gpt2-beam3 caption vit-gpt2 3")
 ALL_CASES+=("clip-b32-100 classify clip-b32 100" "clip-b32-1000 classify clip-b32 1000"
             "siglip-b16-100 classify siglip-b16 100")
 RUN_CASES=()

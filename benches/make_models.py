@@ -11,10 +11,14 @@ random weights (speed does not depend on the weights), so nothing is downloaded 
   text transformer, 77 positions, vocab 49408, projection 512, quick_gelu; ~151M params, ~0.6 GB)
 * ``siglip-b16/`` -- google/siglip-base-patch16-224 (``SiglipModel``: ViT-B/16 at 224 + 12-layer
   768-wide text transformer, 64 positions, vocab 32000; ~203M params, ~0.8 GB)
+* ``vit-gpt2/``   -- nlpconnect/vit-gpt2-image-captioning (``VisionEncoderDecoderModel``: ViT-B/16 at
+  224 encoder, ``ViTConfig`` defaults, + GPT-2 base decoder, ``GPT2Config`` defaults with
+  cross-attention: 12 layers, 768 wide, 1024 positions, vocab 50257; ~239M params, ~1 GB)
 
 Files, all written by ``save_pretrained``: ``config.json``, ``model.safetensors`` (float32, as on
 the Hub), ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, a stand-alone
 ``preprocessor_config.json`` like the Hub checkpoints have, and for BLIP ``generation_config.json``.
+(vit-gpt2 differs, see below.)
 
 BLIP: the tokenizer is a BERT WordPiece tokenizer with a synthetic vocabulary of exactly 30522
 entries laid out like ``bert-base-uncased`` ([PAD]=0, [unused0..98]=1..99, [UNK]=100,
@@ -42,11 +46,26 @@ unreachable filler entries to the real sizes, so the special ids are the real on
 * ``logit_scale`` (and SigLIP's ``logit_bias``) are set to the trained checkpoints' values
   (CLIP 4.6052 = ln 100; SigLIP 4.7710 / -12.9324); the other weights are transformers' init.
 
+vit-gpt2: the layout of nlpconnect/vit-gpt2-image-captioning: ``config.json`` (composite, with
+``encoder`` / ``decoder`` sub-configs and decoder_start / eos / pad = 50256 at the top level),
+``generation_config.json`` (decoder_start = bos = eos = pad = 50256, max_length 16),
+``model.safetensors`` (the decoder's lm_head is tied to ``wte`` and not stored), ``tokenizer.json`` +
+``tokenizer_config.json`` (``GPT2Tokenizer``), no processor_config.json, and nlpconnect's
+``preprocessor_config.json`` verbatim (legacy ViTFeatureExtractor layout: ``"size": 224``,
+resample 2 = bilinear, mean/std 0.5; transformers resolves it to ViTImageProcessor 224x224 with
+rescale 1/255). The tokenizer is a GPT-2 byte-level BPE whose merges are learned offline by
+tests/fixtures/generate_ved.py's ``learn_gpt2_bpe`` (imported from there), laid out like
+openai-community/gpt2's ``encoder.json``: 256 byte symbols, the merged tokens, unreachable fillers
+``Ġw<id>`` (no merge makes them; they decode to " w<id>", word-like text) up to 50256 entries, then
+``<|endoftext|>`` = 50256. Weights: transformers' init (random captions of fillers; speed does not
+depend on the words).
+
 How to run (from the repository root; the output directory is not meant to be committed):
 
     venv/bin/python benches/make_models.py                        # bench-models/blip-base
     venv/bin/python benches/make_models.py --which blip-base,blip-large --out bench-models
     venv/bin/python benches/make_models.py --which clip-b32,siglip-b16
+    venv/bin/python benches/make_models.py --which vit-gpt2
 
 Existing model directories are left alone unless ``--force`` is given. Fixed seed (``--seed``,
 default 0): the same torch/transformers versions write the same weights.
@@ -55,6 +74,7 @@ default 0): the same torch/transformers versions write the same weights.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -72,11 +92,16 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    GPT2Config,
+    GPT2Tokenizer,
     PreTrainedTokenizerFast,
     SiglipConfig,
     SiglipImageProcessorPil,
     SiglipModel,
     SiglipProcessor,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+    ViTConfig,
 )
 
 BENCHES = Path(__file__).resolve().parent
@@ -388,7 +413,98 @@ def make_siglip(name: str, out: Path, seed: int) -> None:
     report(name, out, n_params, t0)
 
 
-BUILDERS = {"blip-base": make_blip, "blip-large": make_blip, "clip-b32": make_clip, "siglip-b16": make_siglip}
+# --------------------------------------------------------------------------------------
+# Captioning with a VisionEncoderDecoderModel: nlpconnect/vit-gpt2-image-captioning
+# --------------------------------------------------------------------------------------
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT = GPT2_VOCAB_SIZE - 1  # <|endoftext|>: bos = eos = pad = unk = decoder_start
+VIT_GPT2_MAX_LENGTH = 16  # nlpconnect's README: generate(pixel_values, max_length=16, num_beams=4)
+# nlpconnect/vit-gpt2-image-captioning's preprocessor_config.json, verbatim.
+VIT_GPT2_PREPROCESSOR = {
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ViTFeatureExtractor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "size": 224,
+}
+
+
+def build_gpt2_tokenizer() -> GPT2Tokenizer:
+    """A GPT-2 byte-level BPE with exactly 50257 entries and <|endoftext|> = 50256."""
+    # The fixture generator (tests/fixtures/generate_ved.py): its small caption corpus and
+    # deterministic BPE learner. Imported here only, so the other models do not depend on it.
+    from generate_ved import bytes_to_unicode as gpt2_bytes_to_unicode, learn_gpt2_bpe
+
+    merges = learn_gpt2_bpe(10_000)  # every merge the corpus supports (a few hundred)
+    vocab_list = list(gpt2_bytes_to_unicode().values())
+    seen = set(vocab_list)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            vocab_list.append(a + b)
+    # Fillers up to the real size: "Ġw<id>" mixes letters and digits, which GPT-2's pre-tokenizer
+    # always splits apart, so the tokenizer never produces them; they decode to " w<id>".
+    vocab_list += [f"Ġw{i}" for i in range(len(vocab_list), GPT2_EOT)]
+    vocab_list.append("<|endoftext|>")
+    assert len(vocab_list) == len(set(vocab_list)) == GPT2_VOCAB_SIZE
+    tok = GPT2Tokenizer(
+        vocab={t: i for i, t in enumerate(vocab_list)},
+        merges=[tuple(m) for m in merges],
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=1024,
+    )
+    assert len(tok) == GPT2_VOCAB_SIZE and tok.convert_tokens_to_ids("<|endoftext|>") == GPT2_EOT
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (GPT2_EOT,) * 3
+    assert tok.decode([GPT2_EOT - 1, GPT2_EOT - 2]) == f" w{GPT2_EOT - 1} w{GPT2_EOT - 2}"
+    assert max(tok("a horse standing in a field.")["input_ids"]) < GPT2_EOT - 40_000
+    return tok
+
+
+def make_vit_gpt2(name: str, out: Path, seed: int) -> None:
+    t0 = time.perf_counter()
+    tok = build_gpt2_tokenizer()
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)
+    with open(out / "preprocessor_config.json", "w", encoding="utf-8") as f:
+        json.dump(VIT_GPT2_PREPROCESSOR, f, indent=2, sort_keys=True)
+        f.write("\n")
+    encoder = ViTConfig()  # hidden 768, 12 layers, 12 heads, patch 16, image 224: as nlpconnect's
+    decoder = GPT2Config(  # n_embd 768, 12 layers, 12 heads, n_positions 1024, vocab 50257
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=GPT2_EOT,
+        eos_token_id=GPT2_EOT,
+        pad_token_id=GPT2_EOT,
+    )
+    assert (encoder.hidden_size, encoder.num_hidden_layers, encoder.patch_size, encoder.image_size) == (768, 12, 16, 224)
+    assert (decoder.n_embd, decoder.n_layer, decoder.n_head, decoder.vocab_size) == (768, 12, 12, GPT2_VOCAB_SIZE)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    # nlpconnect's config.json has these at the top level too.
+    config.decoder_start_token_id = GPT2_EOT
+    config.bos_token_id = GPT2_EOT
+    config.eos_token_id = GPT2_EOT
+    config.pad_token_id = GPT2_EOT
+    config.architectures = ["VisionEncoderDecoderModel"]
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config).eval()
+    gc = model.generation_config
+    gc.decoder_start_token_id = GPT2_EOT
+    gc.bos_token_id = GPT2_EOT
+    gc.eos_token_id = GPT2_EOT
+    gc.pad_token_id = GPT2_EOT
+    gc.max_length = VIT_GPT2_MAX_LENGTH
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+    report(name, out, n_params, t0)
+
+
+BUILDERS = {"blip-base": make_blip, "blip-large": make_blip, "clip-b32": make_clip, "siglip-b16": make_siglip,
+            "vit-gpt2": make_vit_gpt2}
 
 
 def main() -> int:

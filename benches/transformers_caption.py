@@ -4,15 +4,24 @@ of benches/bench.sh; glance is the other side).
 
 Timed separately:
 * ``import_s``: importing torch and transformers;
-* ``load_s``: loading the processor and ``BlipForConditionalGeneration`` from ``--model``;
-* ``run_s``: for each batch, opening the images with PIL, ``processor(images=batch)``,
+* ``load_s``: loading the image processor (``AutoImageProcessor``), the tokenizer
+  (``AutoTokenizer``) and the model (``AutoModelForImageTextToText``: ``BlipForConditionalGeneration``
+  for BLIP, ``VisionEncoderDecoderModel`` for e.g. ViT-GPT2) from ``--model``;
+* ``run_s``: for each batch, opening the images with PIL, ``image_processor(images=batch)``,
   ``model.generate`` (greedy or beam search, exactly ``--new-tokens`` new tokens:
-  min_new_tokens = max_new_tokens, do_sample=False) and ``processor.batch_decode``,
-  all under ``torch.inference_mode()``. ``images_per_s`` = images / run_s.
+  min_new_tokens = max_new_tokens, do_sample=False) and ``tokenizer.batch_decode``
+  (skip_special_tokens), all under ``torch.inference_mode()``. ``images_per_s`` = images / run_s.
+  (For BLIP, ``image_processor(images=...)`` / ``tokenizer.batch_decode`` are exactly what
+  ``BlipProcessor`` does for images-only inputs / ``batch_decode``.)
 
 Images: the files under ``--images`` (searched recursively, like glance) whose extension is an
-image one, in sorted order. The image processor is the PIL one (``use_fast=False``, like glance's
-PIL-compatible preprocessing; ``backend="pil"`` in transformers 5) unless ``--use-fast``
+image one, in sorted order, opened with ``PIL.Image.open`` when the image processor converts to RGB
+itself (``do_convert_rgb``, e.g. BLIP's; alpha is composited onto white), else (legacy configs
+without it, e.g. nlpconnect/vit-gpt2-image-captioning's) with ``transformers.image_utils.load_image``
+as the image-to-text pipeline and nlpconnect's model card do (EXIF transpose, ``convert("RGB")``:
+alpha dropped); otherwise RGBA / grayscale images fail in normalize. The image processor is the
+PIL one (``use_fast=False``, like glance's PIL-compatible preprocessing; ``backend="pil"`` in
+transformers 5) unless ``--use-fast``
 (torchvision backend; transformers falls back to PIL when torchvision is missing); the class
 actually used is reported.
 
@@ -22,6 +31,7 @@ repository root:
     venv/bin/python benches/transformers_caption.py --model bench-models/blip-base \\
         --images ../shared/images --batch-size 8 --num-beams 1 --new-tokens 20 [--threads 2] \\
         [--dtype float32] [--use-fast] [--out captions.jsonl]
+    venv/bin/python benches/transformers_caption.py --model bench-models/vit-gpt2 ...
 """
 
 from __future__ import annotations
@@ -39,7 +49,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import AutoProcessor, BlipForConditionalGeneration  # noqa: E402
+from transformers.image_utils import load_image  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _T0
 
@@ -79,9 +90,14 @@ def main() -> int:
         proc_kw = {"backend": "torchvision" if args.use_fast else "pil"}
     else:
         proc_kw = {"use_fast": args.use_fast}
-    processor = AutoProcessor.from_pretrained(args.model, **proc_kw)
-    model = BlipForConditionalGeneration.from_pretrained(args.model, dtype=dtype).eval()
+    image_processor = AutoImageProcessor.from_pretrained(args.model, **proc_kw)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).eval()
     load_s = time.perf_counter() - t
+    if getattr(image_processor, "do_convert_rgb", None):
+        open_image, image_loading = Image.open, "PIL.Image.open"
+    else:
+        open_image, image_loading = (lambda p: load_image(str(p))), "transformers.image_utils.load_image"
 
     gen = dict(
         max_new_tokens=args.new_tokens,
@@ -93,10 +109,10 @@ def main() -> int:
     t = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(paths), args.batch_size):
-            batch = [Image.open(p) for p in paths[start : start + args.batch_size]]
-            inputs = processor(images=batch, return_tensors="pt")
+            batch = [open_image(p) for p in paths[start : start + args.batch_size]]
+            inputs = image_processor(images=batch, return_tensors="pt")
             ids = model.generate(pixel_values=inputs["pixel_values"].to(dtype), **gen)
-            captions += processor.batch_decode(ids, skip_special_tokens=True)
+            captions += tokenizer.batch_decode(ids, skip_special_tokens=True)
             for im in batch:
                 im.close()
             print(f"{len(captions)}/{len(paths)} images, {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
@@ -110,6 +126,7 @@ def main() -> int:
     print(json.dumps({
         "impl": "transformers",
         "model": args.model,
+        "model_class": type(model).__name__,
         "images": len(paths),
         "batch_size": args.batch_size,
         "num_beams": args.num_beams,
@@ -121,9 +138,10 @@ def main() -> int:
         "images_per_s": round(len(paths) / run_s, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
-        "image_processor": type(processor.image_processor).__name__,
+        "image_processor": type(image_processor).__name__,
         "image_processor_args": proc_kw,
-        "tokenizer": type(processor.tokenizer).__name__,
+        "image_loading": image_loading,
+        "tokenizer": type(tokenizer).__name__,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }), flush=True)
     return 0
