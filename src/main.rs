@@ -377,8 +377,10 @@ fn exit_code(report: &RunReport, quiet: bool) -> ExitCode {
 
 // Inference allocates and frees tensors of tens to hundreds of megabytes per layer; glibc hands
 // those straight back to the kernel, so every op paid page faults and zeroing (a fifth of CPU
-// time on BLIP-base). jemalloc, told to keep dirty pages and to back big arenas with
-// transparent huge pages, reuses memory and faults 2 MiB at a time.
+// time on BLIP-base). jemalloc, told to keep dirty pages, reuses memory instead. Transparent huge
+// pages (`thp:always`) were tried and dropped: with the kernel's `defrag=madvise`, every huge-page
+// fault after another big process (e.g. Python) compacts memory synchronously, which cost CLIP-B/32
+// classification 2.2 s of system time per run and BLIP-base 2.3 s.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -388,4 +390,4 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] =
-    b"thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+    b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
