@@ -794,3 +794,34 @@ fn caption_runs_a_vision_encoder_decoder() {
         assert_eq!(records[&name]["caption"], case["captions"][row], "{name}");
     }
 }
+
+/// `glance label` with a closed-set classifier tags each image with its classes whose softmax
+/// probability reaches the threshold (tests/fixtures/vit-cls-tiny).
+#[test]
+fn label_with_a_closed_set_classifier() {
+    let dir = fixture("vit-cls-tiny");
+    let reference = common::reference(&dir);
+    let photos = photo_dir(&reference);
+    let out = run(glance()
+        .args(["label", "--quiet", "--threshold", "0.2", "-m"])
+        .arg(&dir)
+        .arg(photos.path()));
+    let records = by_name(jsonl(&out));
+    let probs = rows(&dir, "probs");
+    let classes: Vec<String> = (0..probs[0].len())
+        .map(|i| {
+            reference["id2label"][i.to_string()]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut tagged = 0;
+    for (row, name) in png_rows(&reference) {
+        if let Some(expected) = expected_tags(&classes, &probs[row], 0.2, 20) {
+            check_tags(&records[&name], &expected, &name);
+            tagged += usize::from(!expected.is_empty());
+        }
+    }
+    assert!(tagged >= 3);
+}
