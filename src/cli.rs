@@ -32,6 +32,9 @@ pub enum Command {
     Label(Box<LabelArgs>),
     /// Run a pipeline file (or a shipped preset): several stages over each image in one pass.
     Run(Box<PipelineArgs>),
+    /// Measure quality: caption metrics against references.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
     Download(DownloadArgs),
 }
@@ -277,4 +280,24 @@ pub struct DownloadArgs {
     /// Hub revision: branch, tag or commit.
     #[arg(long)]
     pub revision: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// BLEU-1..4, ROUGE-L and CIDEr-D of caption records against COCO captions references, as the
+    /// COCO caption evaluation toolkit computes them.
+    Captions(EvalCaptionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalCaptionsArgs {
+    /// glance caption records (JSONL with "file" and "caption").
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// COCO captions JSON (images with file_name, annotations with caption), matched by file name.
+    #[arg(long)]
+    pub references: PathBuf,
+    /// json (one object) or table.
+    #[arg(long, default_value = "table", value_parser = ["json", "table"])]
+    pub format: String,
 }

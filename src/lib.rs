@@ -5,6 +5,7 @@ pub mod caption;
 pub mod classify;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod generation;
 pub mod hub;
 pub mod image_io;

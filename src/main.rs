@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify(*args),
         Command::Label(args) => label(*args),
         Command::Run(args) => run_pipeline(*args),
+        Command::Eval(cli::EvalCommand::Captions(args)) => eval_captions(args),
         Command::Download(args) => download(args),
     };
     match result {
@@ -253,6 +254,19 @@ fn sort_into(args: &SortArgs) -> Option<SortInto> {
     args.sort_into.clone().map(|dir| SortInto { dir, mode })
 }
 
+fn eval_captions(args: cli::EvalCaptionsArgs) -> Result<ExitCode> {
+    use glance::eval::captions;
+    let references = captions::read_references(&args.references)?;
+    let predictions = captions::read_predictions(&args.predictions)?;
+    let report = captions::evaluate(&predictions, &references);
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn download(args: DownloadArgs) -> Result<ExitCode> {
     let files = ModelFiles::new(ModelSource::parse(&args.model, args.revision.as_deref()))?;
     let paths = glance::hub::download(&files)?;
@@ -389,5 +403,4 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(not(target_env = "msvc"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] =
-    b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+pub static malloc_conf: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
