@@ -25,20 +25,6 @@ fn case_params(case: &serde_json::Value) -> GenerationParams {
     }
 }
 
-/// transformers pads finished sequences; glance returns them unpadded.
-fn strip_padding(seq: &[u32], pad: u32, eos: &[u32]) -> Vec<u32> {
-    match seq.iter().position(|t| eos.contains(t)) {
-        Some(end) => seq[..=end].to_vec(),
-        None => {
-            let mut s = seq.to_vec();
-            while s.last() == Some(&pad) {
-                s.pop();
-            }
-            s
-        }
-    }
-}
-
 /// Pixel values against the committed PIL-processor output, in normalized units. PNGs must be
 /// bit-exact (glance re-implements Pillow's fixed-point resampling); JPEG decoders (libjpeg-turbo
 /// in PIL, zune-jpeg here) may differ by one 8-bit level, 1/255/std ≈ 0.0151.
@@ -176,7 +162,7 @@ fn check_cases(batch_sizes: &[usize]) {
                         .iter()
                         .map(|t| t.as_u64().unwrap() as u32)
                         .collect();
-                    let expected = strip_padding(&expected, stop.pad, &stop.eos);
+                    let expected = common::strip_padding(&expected, stop.pad, &stop.eos);
                     total += 1;
                     if caps[0].tokens != expected {
                         mismatches.push(format!(

@@ -52,29 +52,6 @@ const PNGS: &[&str] = &[
     "horse.png",
 ];
 
-/// transformers' greedy captions (12 new tokens) by image name, from the parity fixture.
-fn reference_captions() -> HashMap<String, String> {
-    let reference = common::reference(&common::blip_tiny());
-    let case = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "greedy")
-        .unwrap();
-    reference["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(case["captions"].as_array().unwrap())
-        .map(|(n, c)| {
-            (
-                n.as_str().unwrap().to_string(),
-                c.as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn name_of(file: &str) -> String {
     Path::new(file)
         .file_name()
@@ -94,7 +71,7 @@ fn jsonl_captions_of_image_files_equal_transformers() {
         String::from_utf8_lossy(&out.stderr)
     );
     let records = stdout_records(&out);
-    let expected = reference_captions();
+    let expected = common::blip_greedy_captions();
     assert_eq!(records.len(), PNGS.len());
     for rec in &records {
         let name = name_of(rec["file"].as_str().unwrap());
@@ -115,7 +92,7 @@ fn jsonl_captions_of_image_files_equal_transformers() {
 fn every_output_format_is_written_and_readable() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = photos(dir.path(), &PNGS[..3]);
-    let expected = reference_captions();
+    let expected = common::blip_greedy_captions();
     let input = imgs[0].parent().unwrap().to_str().unwrap().to_string();
 
     let json = dir.path().join("out.json");
@@ -414,7 +391,7 @@ fn killed_run_resumes_without_duplicates() {
     unique.dedup();
     assert_eq!(files.len(), 40, "every input once: {files:?}");
     assert_eq!(unique.len(), 40);
-    let expected = reference_captions();
+    let expected = common::blip_greedy_captions();
     for line in text.lines() {
         let rec: serde_json::Value = serde_json::from_str(line).unwrap();
         let copy = name_of(rec["file"].as_str().unwrap());
@@ -513,7 +490,7 @@ fn hub_ids_load_from_the_python_cache_offline() {
     let rec = &stdout_records(&out)[0];
     assert_eq!(
         rec["caption"].as_str().unwrap(),
-        reference_captions()["camera.png"]
+        common::blip_greedy_captions()["camera.png"]
     );
 
     // HF_HUB_CACHE takes precedence over HF_HOME.

@@ -616,7 +616,7 @@ fn two_stage_pipeline_merges_caption_and_classify() {
         .arg(&pipeline)
         .arg(photos.path()));
     let records = by_name(jsonl(&out));
-    let captions = blip_greedy_captions();
+    let captions = common::blip_greedy_captions();
     let probs = rows(&clip, "probs");
     assert_eq!(check_classify(&records, &reference, &probs, 2), 9);
     for (_, name) in png_rows(&reference) {
@@ -690,29 +690,6 @@ fn bad_zero_shot_options_are_named() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use glance caption"), "{err}");
-}
-
-/// transformers' greedy captions (12 new tokens) of the BLIP fixture, by image name.
-fn blip_greedy_captions() -> HashMap<String, String> {
-    let reference = common::reference(&common::blip_tiny());
-    let case = reference["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "greedy")
-        .unwrap();
-    reference["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(case["captions"].as_array().unwrap())
-        .map(|(n, c)| {
-            (
-                n.as_str().unwrap().to_string(),
-                c.as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// A closed-set classifier needs no labels: its id2label classes and softmax probabilities, equal

@@ -131,20 +131,6 @@ fn case_params(case: &serde_json::Value, cap: &Captioner, prompt_len: usize) -> 
     }
 }
 
-/// transformers pads finished sequences; glance returns them unpadded.
-fn strip_padding(seq: &[u32], pad: u32, eos: &[u32]) -> Vec<u32> {
-    match seq.iter().position(|t| eos.contains(t)) {
-        Some(end) => seq[..=end].to_vec(),
-        None => {
-            let mut s = seq.to_vec();
-            while s.last() == Some(&pad) {
-                s.pop();
-            }
-            s
-        }
-    }
-}
-
 fn check_cases(batch_sizes: &[usize]) {
     let mut report = Vec::new();
     for dir in captioners() {
@@ -169,7 +155,7 @@ fn check_cases(batch_sizes: &[usize]) {
                         let i = start + j;
                         let expected: Vec<u32> =
                             serde_json::from_value(case["sequences"][i].clone()).unwrap();
-                        let expected = strip_padding(&expected, stop.pad, &stop.eos);
+                        let expected = common::strip_padding(&expected, stop.pad, &stop.eos);
                         total += 1;
                         let generated = &caps[0].tokens[prompt.len()..];
                         if generated != expected.as_slice() {

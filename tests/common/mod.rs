@@ -50,3 +50,41 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     max_abs(&(a - b).unwrap())
 }
+
+/// transformers pads finished sequences; glance returns them unpadded: cut after the first eos,
+/// else drop trailing pads.
+pub fn strip_padding(seq: &[u32], pad: u32, eos: &[u32]) -> Vec<u32> {
+    match seq.iter().position(|t| eos.contains(t)) {
+        Some(end) => seq[..=end].to_vec(),
+        None => {
+            let mut s = seq.to_vec();
+            while s.last() == Some(&pad) {
+                s.pop();
+            }
+            s
+        }
+    }
+}
+
+/// transformers' greedy captions (12 new tokens) of the tiny BLIP, by image name.
+pub fn blip_greedy_captions() -> std::collections::HashMap<String, String> {
+    let reference = reference(&blip_tiny());
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "greedy")
+        .unwrap();
+    reference["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(case["captions"].as_array().unwrap())
+        .map(|(n, c)| {
+            (
+                n.as_str().unwrap().to_string(),
+                c.as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
