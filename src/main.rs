@@ -232,15 +232,10 @@ fn announce(
 }
 
 fn templates(args: &PromptArgs) -> Result<Vec<String>> {
-    Ok(match (&args.template, &args.templates) {
-        (Some(t), _) => {
-            let t = vec![t.clone()];
-            glance::prompts::check_templates(&t, "--template")?;
-            t
-        }
-        (None, Some(set)) => glance::prompts::templates(set)?,
-        (None, None) => glance::prompts::templates(glance::prompts::DEFAULT_TEMPLATES)?,
-    })
+    Ok(glance::prompts::choose_templates(
+        args.template.as_deref(),
+        args.templates.as_deref(),
+    )?)
 }
 
 fn sort_into(args: &SortArgs) -> Option<SortInto> {

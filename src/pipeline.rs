@@ -209,20 +209,14 @@ impl LabelSpec {
         Ok(labels)
     }
 
-    /// The templates: `template`, else `templates`, else the shipped default ensemble.
+    /// The templates: `template`, else `templates` (next to the pipeline file when there), else
+    /// the shipped default ensemble.
     pub fn templates(&self, base: &Path) -> Result<Vec<String>> {
-        match (&self.template, &self.templates) {
-            (Some(_), Some(_)) => Err(Error::Options(
-                "give either template or templates, not both".into(),
-            )),
-            (Some(t), None) => {
-                let t = vec![t.clone()];
-                prompts::check_templates(&t, "template")?;
-                Ok(t)
-            }
-            (None, Some(set)) => prompts::templates(&resolve(base, set).to_string_lossy()),
-            (None, None) => prompts::templates(prompts::DEFAULT_TEMPLATES),
-        }
+        let set = self
+            .templates
+            .as_deref()
+            .map(|t| resolve(base, t).to_string_lossy().into_owned());
+        prompts::choose_templates(self.template.as_deref(), set.as_deref())
     }
 }
 

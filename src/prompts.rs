@@ -77,6 +77,23 @@ pub fn vocab(spec: &str) -> Result<Vec<String>> {
     Ok(tags)
 }
 
+/// The templates a run uses: a single `template`, else the set `set` (a file or a shipped name),
+/// else the shipped default ensemble.
+pub fn choose_templates(template: Option<&str>, set: Option<&str>) -> Result<Vec<String>> {
+    match (template, set) {
+        (Some(_), Some(_)) => Err(Error::Options(
+            "give either a template or a template set, not both".into(),
+        )),
+        (Some(t), None) => {
+            let t = vec![t.to_string()];
+            check_templates(&t, "the template")?;
+            Ok(t)
+        }
+        (None, Some(set)) => templates(set),
+        (None, None) => templates(DEFAULT_TEMPLATES),
+    }
+}
+
 /// Every template must hold `{}` where the label goes.
 pub fn check_templates(templates: &[String], source: &str) -> Result<()> {
     if templates.is_empty() {

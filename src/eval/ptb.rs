@@ -182,7 +182,10 @@ mod tests {
             "a black-and-white photo -lrb- 1,000 birds -rrb-"
         );
         assert_eq!(tokenize("...!"), "");
-        assert_eq!(tokenize("A dog!! Mr. Smith's 1,000s"), "a dog !! mr. smith 's 1,000 s");
+        assert_eq!(
+            tokenize("A dog!! Mr. Smith's 1,000s"),
+            "a dog !! mr. smith 's 1,000 s"
+        );
         assert_eq!(tokenize("Café  naïve\ttea"), "café naïve tea");
     }
 }

@@ -30,6 +30,23 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// A fresh cache holding each layer's cross-attention keys and values (computed once per
+    /// image) and no self-attention entries yet.
+    pub fn with_cross_attention(cross: Vec<(Tensor, Tensor)>) -> Self {
+        let layers = cross
+            .into_iter()
+            .map(|kv| LayerCache {
+                self_kv: None,
+                cross_kv: Some(kv),
+            })
+            .collect();
+        Self {
+            layers,
+            seq_len: 0,
+            group: 1,
+        }
+    }
+
     /// Runs `group` rows per image from now on (before the first step).
     pub fn set_group(&mut self, group: usize) {
         self.group = group.max(1);

@@ -197,21 +197,12 @@ impl TextDecoderModel {
 impl TextDecoder for TextDecoderModel {
     fn new_cache(&self, encoder_hidden: &Tensor) -> crate::Result<KvCache> {
         let encoder_hidden = encoder_hidden.to_dtype(self.dtype)?;
-        let layers = self
+        let cross = self
             .layers
             .iter()
-            .map(|l| {
-                Ok(LayerCache {
-                    self_kv: None,
-                    cross_kv: Some(l.cross_attn.keys_values(&encoder_hidden)?),
-                })
-            })
+            .map(|l| l.cross_attn.keys_values(&encoder_hidden))
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache {
-            layers,
-            seq_len: 0,
-            group: 1,
-        })
+        Ok(KvCache::with_cross_attention(cross))
     }
 
     fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {

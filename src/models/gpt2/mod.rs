@@ -243,21 +243,12 @@ impl Gpt2Decoder {
 impl TextDecoder for Gpt2Decoder {
     fn new_cache(&self, encoder_hidden: &Tensor) -> crate::Result<KvCache> {
         let encoder_hidden = encoder_hidden.to_dtype(self.dtype)?;
-        let layers = self
+        let cross = self
             .blocks
             .iter()
-            .map(|b| {
-                Ok(LayerCache {
-                    self_kv: None,
-                    cross_kv: Some(b.cross_keys_values(&encoder_hidden)?),
-                })
-            })
+            .map(|b| b.cross_keys_values(&encoder_hidden))
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache {
-            layers,
-            seq_len: 0,
-            group: 1,
-        })
+        Ok(KvCache::with_cross_attention(cross))
     }
 
     fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
