@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::eval::clip_score::ClipScorer;
 use crate::generation::{self, GenerationParams, StopTokens};
 use crate::hub::ModelFiles;
 use crate::models::{self, Architecture, CaptionParts, PromptStyle};
@@ -224,6 +225,8 @@ pub struct CaptionStage {
     pub captioner: Captioner,
     pub prompt_ids: Vec<u32>,
     pub params: GenerationParams,
+    /// Chooses among the candidates by CLIPScore when set ([`CaptionStage::rerank_with`]).
+    pub reranker: Option<ClipScorer>,
 }
 
 impl CaptionStage {
@@ -246,8 +249,67 @@ impl CaptionStage {
             captioner,
             prompt_ids,
             params,
+            reranker: None,
         })
     }
+
+    /// Keeps, of the candidates, the caption `judge` scores highest. Without an explicit
+    /// `num_return_sequences` the candidates are the beams; greedy decoding has only one.
+    pub fn rerank_with(mut self, judge: ClipScorer) -> Result<Self> {
+        if self.params.num_return_sequences == 1 {
+            self.params.num_return_sequences = self.params.num_beams;
+        }
+        if self.params.num_return_sequences < 2 {
+            return Err(Error::Options(
+                "reranking needs several candidates: give --num-beams N or --num-return-sequences N (with --do-sample)"
+                    .into(),
+            ));
+        }
+        self.params.validate()?;
+        self.reranker = Some(judge);
+        Ok(self)
+    }
+}
+
+/// A caption record's fields: the first candidate is the caption unless a judge picks another.
+fn caption_fields(
+    caps: &[Caption],
+    judged: Option<Vec<f32>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    let best = match &judged {
+        // The first of equal scores, so ties keep the decoder's order.
+        Some(scores) => scores
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, &s)| if s > scores[best] { i } else { best }),
+        None => 0,
+    };
+    if let Some(chosen) = caps.get(best) {
+        fields.insert("caption".into(), chosen.text.clone().into());
+        if let Some(score) = chosen.score {
+            fields.insert("score".into(), f64::from(score).into());
+        }
+        if let Some(scores) = &judged {
+            fields.insert("clip_score".into(), crate::classify::number(scores[best]));
+        }
+    }
+    if caps.len() > 1 {
+        let all: Vec<serde_json::Value> = caps.iter().map(|c| c.text.clone().into()).collect();
+        fields.insert("captions".into(), all.into());
+        if caps.iter().all(|c| c.score.is_some()) {
+            let scores: Vec<serde_json::Value> = caps
+                .iter()
+                .map(|c| f64::from(c.score.unwrap_or_default()).into())
+                .collect();
+            fields.insert("scores".into(), scores.into());
+        }
+    }
+    if let Some(scores) = judged {
+        let all: Vec<serde_json::Value> = scores.into_iter().map(crate::classify::number).collect();
+        fields.insert("clip_scores".into(), all.into());
+    }
+    fields
 }
 
 impl crate::runner::Stage for CaptionStage {
@@ -273,23 +335,26 @@ impl crate::runner::Stage for CaptionStage {
         let captions = self
             .captioner
             .caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
+        let judged: Vec<Option<Vec<f32>>> = match &self.reranker {
+            Some(judge) => {
+                let images: Vec<&image::RgbImage> =
+                    batch.iter().map(|p| p.image.as_ref()).collect();
+                let texts: Vec<Vec<String>> = captions
+                    .iter()
+                    .map(|caps| caps.iter().map(|c| c.text.clone()).collect())
+                    .collect();
+                judge
+                    .score_candidates(&images, &texts)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
+            None => vec![None; captions.len()],
+        };
         Ok(captions
-            .into_iter()
-            .map(|caps| {
-                let mut fields = serde_json::Map::new();
-                if let Some(best) = caps.first() {
-                    fields.insert("caption".into(), best.text.clone().into());
-                    if let Some(score) = best.score {
-                        fields.insert("score".into(), f64::from(score).into());
-                    }
-                }
-                if caps.len() > 1 {
-                    let all: Vec<serde_json::Value> =
-                        caps.iter().map(|c| c.text.clone().into()).collect();
-                    fields.insert("captions".into(), all.into());
-                }
-                fields
-            })
+            .iter()
+            .zip(judged)
+            .map(|(caps, judged)| caption_fields(caps, judged))
             .collect())
     }
 }

@@ -32,7 +32,7 @@ pub enum Command {
     Label(Box<LabelArgs>),
     /// Run a pipeline file (or a shipped preset): several stages over each image in one pass.
     Run(Box<PipelineArgs>),
-    /// Measure quality: caption metrics against references.
+    /// Measure quality: caption metrics and CLIPScore, classification accuracy and F1.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
@@ -259,6 +259,20 @@ pub struct GenerationArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RerankArgs {
+    /// Generate several candidates (--num-return-sequences N, or N beams) and keep the one the
+    /// judge scores highest (CLIPScore); records get "clip_score", and "clip_scores" for all.
+    #[arg(long, value_parser = ["clip"])]
+    pub rerank: Option<String>,
+    /// The judge for --rerank clip: a CLIP or SigLIP model (Hub id or local directory).
+    #[arg(long, value_name = "MODEL", requires = "rerank", default_value = DEFAULT_ZERO_SHOT_MODEL)]
+    pub clip_model: String,
+    /// Hub revision of --clip-model.
+    #[arg(long, requires = "rerank")]
+    pub clip_revision: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct CaptionArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -270,6 +284,8 @@ pub struct CaptionArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub generation: GenerationArgs,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
 }
 
 #[derive(Args, Debug)]
@@ -285,8 +301,11 @@ pub struct DownloadArgs {
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// BLEU-1..4, ROUGE-L and CIDEr-D of caption records against COCO captions references, as the
-    /// COCO caption evaluation toolkit computes them.
-    Captions(EvalCaptionsArgs),
+    /// COCO caption evaluation toolkit computes them; CLIPScore and RefCLIPScore with --clip-model.
+    Captions(Box<EvalCaptionsArgs>),
+    /// Accuracy (top-1, top-k), per-class and macro precision/recall/F1 and a confusion matrix of
+    /// classify records against ground truth (a folder per class, or a CSV of file,label).
+    Classify(EvalClassifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -295,9 +314,42 @@ pub struct EvalCaptionsArgs {
     #[arg(long)]
     pub predictions: PathBuf,
     /// COCO captions JSON (images with file_name, annotations with caption), matched by file name.
-    #[arg(long)]
-    pub references: PathBuf,
+    #[arg(long, required_unless_present = "clip_model")]
+    pub references: Option<PathBuf>,
     /// json (one object) or table.
     #[arg(long, default_value = "table", value_parser = ["json", "table"])]
     pub format: String,
+    /// Also compute CLIPScore (and RefCLIPScore, with --references) with this CLIP or SigLIP model
+    /// (Hub id or local directory).
+    #[arg(long, value_name = "MODEL")]
+    pub clip_model: Option<String>,
+    /// Hub revision of --clip-model.
+    #[arg(long, requires = "clip_model")]
+    pub clip_revision: Option<String>,
+    /// Folder holding the images, found by file name (default: each record's "file" as written,
+    /// relative to the working directory or the predictions file).
+    #[arg(long, value_name = "DIR", requires = "clip_model")]
+    pub images: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalClassifyArgs {
+    /// glance classify records (JSONL with "file", "label" and "predictions").
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Ground truth: a folder with one sub-folder of images per class, or a CSV with columns
+    /// file,label.
+    #[arg(long, value_name = "DIR|CSV")]
+    pub truth: PathBuf,
+    /// Also report top-K accuracy (from the records' "predictions" lists).
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// json (one object) or table.
+    #[arg(long, default_value = "table", value_parser = ["json", "table"])]
+    pub format: String,
+    /// Draw the confusion matrix as a PNG heat-map here.
+    #[arg(long, value_name = "PNG")]
+    pub heatmap: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! The `glance` command line: thin glue over the library.
 
 mod cli;
+mod eval_cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -30,7 +31,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify(*args),
         Command::Label(args) => label(*args),
         Command::Run(args) => run_pipeline(*args),
-        Command::Eval(cli::EvalCommand::Captions(args)) => eval_captions(args),
+        Command::Eval(cli::EvalCommand::Captions(args)) => eval_cli::captions(*args),
+        Command::Eval(cli::EvalCommand::Classify(args)) => eval_cli::classify(args),
         Command::Download(args) => download(args),
     };
     match result {
@@ -77,6 +79,21 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
         g.max_new_tokens,
         g.num_beams,
     )?;
+    if args.rerank.rerank.is_some() {
+        let judge = load_judge(
+            &args.rerank.clip_model,
+            args.rerank.clip_revision.as_deref(),
+            &device,
+            dtype,
+        )?;
+        if !args.run.quiet {
+            eprintln!(
+                "glance: reranking candidates by CLIPScore of {}",
+                judge.name()
+            );
+        }
+        stage = stage.rerank_with(judge)?;
+    }
     let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
@@ -249,19 +266,6 @@ fn sort_into(args: &SortArgs) -> Option<SortInto> {
     args.sort_into.clone().map(|dir| SortInto { dir, mode })
 }
 
-fn eval_captions(args: cli::EvalCaptionsArgs) -> Result<ExitCode> {
-    use glance::eval::captions;
-    let references = captions::read_references(&args.references)?;
-    let predictions = captions::read_predictions(&args.predictions)?;
-    let report = captions::evaluate(&predictions, &references);
-    if args.format == "json" {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn download(args: DownloadArgs) -> Result<ExitCode> {
     let files = ModelFiles::new(ModelSource::parse(&args.model, args.revision.as_deref()))?;
     let paths = glance::hub::download(&files)?;
@@ -279,7 +283,22 @@ fn model_files(args: &cli::ModelArgs, default: &str) -> Result<ModelFiles> {
     ))?)
 }
 
-fn open_device(args: &cli::DeviceArgs) -> Result<(candle_core::Device, candle_core::DType)> {
+/// A CLIP/SigLIP model as a CLIPScore judge.
+pub(crate) fn load_judge(
+    model: &str,
+    revision: Option<&str>,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<glance::eval::clip_score::ClipScorer> {
+    let files = ModelFiles::new(ModelSource::parse(model, revision))?;
+    let model = glance::zero_shot::load_image_text(&files, device, dtype)
+        .with_context(|| format!("loading the CLIPScore judge {model}"))?;
+    Ok(glance::eval::clip_score::ClipScorer::new(model))
+}
+
+pub(crate) fn open_device(
+    args: &cli::DeviceArgs,
+) -> Result<(candle_core::Device, candle_core::DType)> {
     let device = glance::device::open(args.device)?;
     let dtype = glance::device::dtype(args.dtype, &device);
     Ok((device, dtype))

@@ -150,6 +150,10 @@ pub struct CaptionSpec {
     pub seed: Option<u64>,
     pub repetition_penalty: Option<f32>,
     pub num_return_sequences: Option<usize>,
+    /// "clip": keep the candidate `clip_model` scores highest.
+    pub rerank: Option<String>,
+    /// The judge of `rerank` (default: the zero-shot default model).
+    pub clip_model: Option<String>,
 }
 
 impl CaptionSpec {
@@ -251,6 +255,8 @@ fn check_stage_keys(doc: &toml::Table) -> std::result::Result<(), String> {
                 "seed",
                 "repetition_penalty",
                 "num_return_sequences",
+                "rerank",
+                "clip_model",
             ],
             "classify" => &["top_k", "multi_label", "threshold", "min_score"],
             "label" => &["threshold", "max_tags"],
@@ -417,6 +423,22 @@ impl StageSpec {
                     options.max_new_tokens,
                     options.num_beams,
                 )?;
+                match options.rerank.as_deref() {
+                    None => {}
+                    Some("clip") => {
+                        let judge_files =
+                            model_files(&options.clip_model, &None, DEFAULT_ZERO_SHOT_MODEL)?;
+                        let judge = crate::zero_shot::load_image_text(&judge_files, device, dtype)?;
+                        stage =
+                            stage.rerank_with(crate::eval::clip_score::ClipScorer::new(judge))?;
+                    }
+                    Some(other) => {
+                        return Err(Error::Options(format!(
+                            "stage {}: rerank = {other:?}; the only reranker is \"clip\"",
+                            self.name()
+                        )))
+                    }
+                }
                 stage.name = self.name();
                 Ok(Box::new(stage))
             }

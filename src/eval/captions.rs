@@ -195,3 +195,119 @@ impl CaptionReport {
         s
     }
 }
+
+/// CLIPScore of the predictions (and RefCLIPScore where references are given).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipReport {
+    pub clip_model: String,
+    /// Mean CLIP-S over the images scored.
+    pub clip_score: f64,
+    /// Mean RefCLIP-S over the same images, when references were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_clip_score: Option<f64>,
+    pub clip_images_scored: usize,
+    /// Predictions whose image could not be found or read (`file: reason`), not CLIP-scored.
+    pub unreadable_images: Vec<String>,
+}
+
+/// Where an image of a prediction record is on disk: in `images_dir` by file name when given,
+/// else the record's `file` as written, relative to the working directory or, failing that, to
+/// the predictions file's directory.
+pub fn locate_image(
+    file: &str,
+    images_dir: Option<&Path>,
+    predictions_dir: &Path,
+) -> std::path::PathBuf {
+    if let Some(dir) = images_dir {
+        return dir.join(base_name(file));
+    }
+    let written = Path::new(file);
+    if written.is_absolute() || written.exists() {
+        written.to_path_buf()
+    } else {
+        predictions_dir.join(written)
+    }
+}
+
+/// Scores the predictions that the n-gram metrics score (those with references) or, without
+/// references, every successful prediction, with `scorer` as the judge.
+pub fn evaluate_clip(
+    scorer: &super::clip_score::ClipScorer,
+    preds: &Predictions,
+    references: Option<&BTreeMap<String, Vec<String>>>,
+    locate: impl Fn(&str) -> std::path::PathBuf + Sync,
+    max_pixels: u64,
+) -> Result<ClipReport> {
+    use rayon::prelude::*;
+    let wanted: Vec<(&String, &String)> = preds
+        .captions
+        .iter()
+        .filter(|(name, _)| references.is_none_or(|r| r.contains_key(*name)))
+        .collect();
+    let decoded: Vec<(&String, &String, Result<image::RgbImage, String>)> = wanted
+        .par_iter()
+        .map(|(name, caption)| {
+            let file = &preds.files[*name];
+            let path = locate(file);
+            let image = crate::image_io::decode(&path, max_pixels)
+                .map(|d| d.rgb)
+                .map_err(|e| format!("{}: {e}", path.display()));
+            (*name, *caption, image)
+        })
+        .collect();
+    let mut images = Vec::new();
+    let mut captions = Vec::new();
+    let mut refs = Vec::new();
+    let mut unreadable = Vec::new();
+    for (name, caption, image) in &decoded {
+        match image {
+            Ok(img) => {
+                images.push(img);
+                captions.push((*caption).clone());
+                if let Some(r) = references {
+                    refs.push(r[*name].clone());
+                }
+            }
+            Err(e) => unreadable.push(e.clone()),
+        }
+    }
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
+    if images.is_empty() {
+        return Ok(ClipReport {
+            clip_model: scorer.name().to_string(),
+            clip_score: 0.0,
+            ref_clip_score: references.map(|_| 0.0),
+            clip_images_scored: 0,
+            unreadable_images: unreadable,
+        });
+    }
+    let scores = scorer.score(&images, &captions, references.map(|_| refs.as_slice()))?;
+    Ok(ClipReport {
+        clip_model: scorer.name().to_string(),
+        clip_score: mean(&scores.clip_score),
+        ref_clip_score: scores.ref_clip_score.as_deref().map(mean),
+        clip_images_scored: images.len(),
+        unreadable_images: unreadable,
+    })
+}
+
+impl ClipReport {
+    pub fn table(&self) -> String {
+        let mut s = format!("CLIP-S   {:.4}\n", self.clip_score);
+        if let Some(r) = self.ref_clip_score {
+            s.push_str(&format!("RefCLIP  {r:.4}\n"));
+        }
+        s.push_str(&format!(
+            "CLIP-scored images: {} (judge: {})\n",
+            self.clip_images_scored, self.clip_model
+        ));
+        if !self.unreadable_images.is_empty() {
+            s.push_str(&format!(
+                "images not found or unreadable ({}): {}\n",
+                self.unreadable_images.len(),
+                self.unreadable_images.join(", ")
+            ));
+        }
+        s
+    }
+}
