@@ -43,6 +43,12 @@
 #   BATCH [8]: caption batch   NEW_TOKENS [20]
 #   BATCH_ZS [32]: classify batch   LABELS_FILE [benches/labels-1000.txt]   TEMPLATE [a photo of a {}.]
 #   TOP_K [5]   THREADS: torch.set_num_threads for transformers [torch's default]
+#   DTYPE [f32]: glance --dtype (bf16: on a CPU with AVX512-BF16, bf16 matmuls with f32 activations)
+#   TF_DTYPE [float32]: transformers' torch dtype (bfloat16 to compare like with like)
+#
+# Vision tower GFLOP/s: GFLOP per image from benches/vision_flops.py (config.json) divided by the
+# tower's seconds per image — glance's from GLANCE_TIMINGS (every batch of the run, the cold first
+# one included), transformers' from one extra pass of its tower on the first batch after the run.
 # Relative paths are taken from the repository root.
 set -euo pipefail
 
@@ -56,6 +62,8 @@ REPEAT=${REPEAT:-1}
 BATCH=${BATCH:-8}
 NEW_TOKENS=${NEW_TOKENS:-20}
 BATCH_ZS=${BATCH_ZS:-32}
+DTYPE=${DTYPE:-f32}
+TF_DTYPE=${TF_DTYPE:-float32}
 LABELS_FILE=${LABELS_FILE:-benches/labels-1000.txt}
 [ -n "${TEMPLATE:-}" ] || TEMPLATE='a photo of a {}.'
 TOP_K=${TOP_K:-5}
@@ -118,7 +126,7 @@ tf_fields() {
     "$PYTHON" -c 'import json, sys
 d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 print(d["images"], d["images_per_s"], d["peak_rss_mb"], d["load_s"], d["run_s"], d["torch_threads"], d["image_processor"],
-      d.get("text_s", "-"), d.get("text_tokens", "-"))' "$1"
+      d.get("text_s", "-"), d.get("text_tokens", "-"), d.get("vision_s_per_image", 0))' "$1"
 }
 # Images with a record and no error in an output JSON-lines file (distinct "file" / "path").
 count_images() {
@@ -150,6 +158,11 @@ if not set(a) & set(b):
 common = set(a) & set(b)
 print(f"{sum(a[k] == b[k] for k in common)}/{len(common)}")' "$1" "$2"
 }
+# Seconds per image of glance's vision tower over a run, from its GLANCE_TIMINGS lines.
+glance_vision_s() {
+    awk '/glance timings: batch/ { n += $4; s += $6 + 0 } END { if (n) printf "%.4f\n", s / n; else print 0 }' "$1"
+}
+gflops() { awk -v g="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", g / s; else print "-" }'; }
 # "h:mm:ss" or "m:ss.ss" -> seconds
 to_seconds() { awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f\n", s }' <<<"$1"; }
 better() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b == "" || a + 0 > b + 0) }'; }
@@ -157,14 +170,15 @@ better() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b == "" || a + 0 > b + 0) }';
 ROWS=() FAILED=0 HAS_CAPTION=0 HAS_CLASSIFY=0 tf_n=
 for c in "${RUN_CASES[@]}"; do
     read -r name kind model arg <<<"$c"
-    tf_best= tf_rss= tf_load= tf_n=
-    gl_best= gl_rss= gl_n= agree=
+    tf_best= tf_rss= tf_load= tf_n= tf_vis=
+    gl_best= gl_rss= gl_n= agree= gl_vis=
+    vis_gflop=$("$PYTHON" benches/vision_flops.py "$MODELS/$model")
     if [ "$kind" = caption ]; then
         HAS_CAPTION=1
         tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH"
                 --num-beams "$arg" --new-tokens "$NEW_TOKENS" --out "$OUT/$name.transformers.jsonl")
         beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
-        gl_cmd=(caption --model "$MODELS/$model" --batch-size "$BATCH"
+        gl_cmd=(caption --model "$MODELS/$model" --dtype "$DTYPE" --batch-size "$BATCH"
                 --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
     else
         HAS_CLASSIFY=1
@@ -174,28 +188,28 @@ for c in "${RUN_CASES[@]}"; do
         [ "$got" -ge "$arg" ] || die "$name needs $arg labels, $LABELS_FILE has $got non-empty lines"
         tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS"
                 --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K" --output "$OUT/$name.transformers.jsonl")
-        gl_cmd=(classify --model "$MODELS/$model" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
+        gl_cmd=(classify --model "$MODELS/$model" --dtype "$DTYPE" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
                 -b "$BATCH_ZS")
     fi
     for r in $(seq 1 "$REPEAT"); do
         # transformers
         tf_json="$OUT/$name.transformers.$r.json"
         echo "[$name run $r/$REPEAT] transformers ... (load average before: $(load))" >&2
-        if ! "$PYTHON" "${tf_cmd[@]}" ${THREADS:+--threads "$THREADS"} \
+        if ! "$PYTHON" "${tf_cmd[@]}" --dtype "$TF_DTYPE" ${THREADS:+--threads "$THREADS"} \
             >"$tf_json" 2>"$OUT/$name.transformers.$r.log"; then
             tail -n 30 "$OUT/$name.transformers.$r.log" >&2
             die "transformers failed for $name (log: $OUT/$name.transformers.$r.log)"
         fi
-        read -r n ips rss load_s run_s threads proc text_s text_tokens < <(tf_fields "$tf_json")
+        read -r n ips rss load_s run_s threads proc text_s text_tokens vis_s < <(tf_fields "$tf_json")
         text_info=; [ "$kind" = caption ] || text_info=" (${text_s}s of it encoding $arg prompts of $text_tokens tokens)"
         echo "    $n images in ${run_s}s$text_info = $ips images/s (load ${load_s}s, peak RSS ${rss} MB, $threads torch threads, $proc)" >&2
-        if better "$ips" "$tf_best"; then tf_best=$ips tf_rss=$rss tf_load=$load_s tf_n=$n; fi
+        if better "$ips" "$tf_best"; then tf_best=$ips tf_rss=$rss tf_load=$load_s tf_n=$n tf_vis=$vis_s; fi
 
         # glance, the whole process
         gl_out="$OUT/$name.glance.jsonl" time_txt="$OUT/$name.glance.$r.time"
         rm -f "$gl_out"
         echo "[$name run $r/$REPEAT] glance ... (load average before: $(load))" >&2
-        if ! /usr/bin/time -v -o "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
+        if ! GLANCE_TIMINGS=1 /usr/bin/time -v -o "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
             -o "$gl_out" --quiet "$IMAGES" >"$OUT/$name.glance.$r.log" 2>&1; then
             echo "    glance FAILED ($(sed -n 's/^[[:space:]]*Exit status: /exit status /p' "$time_txt")); its output:" >&2
             sed 's/^/    | /' "$OUT/$name.glance.$r.log" >&2
@@ -209,28 +223,30 @@ for c in "${RUN_CASES[@]}"; do
         rss=$(awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }')
         [ "$kind" = caption ] || agree=$(top1_agreement "$gl_out" "$OUT/$name.transformers.jsonl")
         echo "    $n images in ${elapsed}s = $ips images/s (whole process, peak RSS ${rss} MB${agree:+; top-1 label as transformers on $agree images})" >&2
-        if better "$ips" "$gl_best"; then gl_best=$ips gl_rss=$rss gl_n=$n; fi
+        vis_s=$(glance_vision_s "$OUT/$name.glance.$r.log")
+        if better "$ips" "$gl_best"; then gl_best=$ips gl_rss=$rss gl_n=$n gl_vis=$vis_s; fi
     done
     if [ -z "$gl_best" ]; then
-        ROWS+=("$(printf '%-18s %9.3f %9s %9s %9s %9.0f %8.1f' "$name" "$tf_best" FAILED - - "$tf_rss" "$tf_load")")
+        ROWS+=("$(printf '%-18s %9.3f %9s %9s %9s %9.0f %8.1f %9s %9s' "$name" "$tf_best" FAILED - - "$tf_rss" "$tf_load" "$(gflops "$vis_gflop" "$tf_vis")" -)")
         continue
     fi
     [ "$gl_n" = "$tf_n" ] || echo "WARNING: $name: glance did $gl_n images, transformers $tf_n" >&2
     ratio=$(awk -v g="$gl_best" -v t="$tf_best" 'BEGIN { printf "%.2f", g / t }')
-    ROWS+=("$(printf '%-18s %9.3f %9.3f %9s %9.0f %9.0f %8.1f' "$name" "$tf_best" "$gl_best" "${ratio}x" "$gl_rss" "$tf_rss" "$tf_load")")
+    ROWS+=("$(printf '%-18s %9.3f %9.3f %9s %9.0f %9.0f %8.1f %9s %9s' "$name" "$tf_best" "$gl_best" "${ratio}x" "$gl_rss" "$tf_rss" "$tf_load" "$(gflops "$vis_gflop" "$tf_vis")" "$(gflops "$vis_gflop" "$gl_vis")")")
 done
 
 settings=()
 [ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens")
 [ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, template \"$TEMPLATE\", top $TOP_K")
 echo
-summary="glance vs transformers, $tf_n images from $IMAGES, best of $REPEAT, $(nproc) CPUs"
+summary="glance ($DTYPE) vs transformers ($TF_DTYPE), $tf_n images from $IMAGES, best of $REPEAT, $(nproc) CPUs"
 for x in "${settings[@]}"; do summary+="; $x"; done
 echo "$summary"
-printf '%-18s %9s %9s %9s %9s %9s %8s\n' case "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load"
+printf '%-18s %9s %9s %9s %9s %9s %8s %9s %9s\n' case "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load" "tf vis GF" "gl vis GF"
 for row in "${ROWS[@]}"; do echo "$row"; done
 echo "glance's time is the whole process (start, model load, the work, writing); transformers' excludes"
-echo "Python imports and model load (tf load, seconds, reported separately)."
+echo "Python imports and model load (tf load, seconds, reported separately). vis GF: the vision tower's"
+echo "GFLOP/s (GFLOP per image from benches/vision_flops.py over its seconds per image)."
 [ "$HAS_CLASSIFY" = 0 ] || echo "For classify both include encoding the label prompts (once per run)."
 echo "Logs: $OUT"
 exit $FAILED

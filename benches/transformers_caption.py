@@ -111,12 +111,21 @@ def main() -> int:
         for start in range(0, len(paths), args.batch_size):
             batch = [open_image(p) for p in paths[start : start + args.batch_size]]
             inputs = image_processor(images=batch, return_tensors="pt")
+            if start == 0:
+                first_pixels = inputs["pixel_values"].to(dtype)
             ids = model.generate(pixel_values=inputs["pixel_values"].to(dtype), **gen)
             captions += tokenizer.batch_decode(ids, skip_special_tokens=True)
             for im in batch:
                 im.close()
             print(f"{len(captions)}/{len(paths)} images, {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     run_s = time.perf_counter() - t
+
+    # The vision tower alone on the first batch, after the timed run (not part of run_s).
+    tower = getattr(model, "vision_model", None) or model.get_encoder()
+    with torch.inference_mode():
+        t = time.perf_counter()
+        tower(pixel_values=first_pixels)
+        vision_s_per_image = (time.perf_counter() - t) / first_pixels.shape[0]
 
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
@@ -136,6 +145,7 @@ def main() -> int:
         "load_s": round(load_s, 3),
         "run_s": round(run_s, 3),
         "images_per_s": round(len(paths) / run_s, 4),
+        "vision_s_per_image": round(vision_s_per_image, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
         "image_processor": type(image_processor).__name__,

@@ -236,23 +236,31 @@ impl ClassifyStage {
     /// Score rows `[b][labels]` for a batch of pixel buffers, as this stage's mode reads them.
     pub fn score_pixels(&self, pixels: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
         let started = std::time::Instant::now();
+        // The image tower's share, for GLANCE_TIMINGS.
+        let encoded;
         let scores = match &self.scorer {
             Scorer::ZeroShot { model, text_embeds } => {
                 let tensor = model.pixels_to_tensor(pixels)?;
                 let image_embeds = model.embed_images(&tensor)?;
+                encoded = started.elapsed();
                 if self.per_label() {
                     model.independent_scores(&image_embeds, text_embeds)?
                 } else {
                     model.scores(&image_embeds, text_embeds)?
                 }
             }
-            Scorer::ClosedSet(model) => model.probabilities(pixels)?,
+            Scorer::ClosedSet(model) => {
+                let p = model.probabilities(pixels)?;
+                encoded = started.elapsed();
+                p
+            }
         };
         let rows = scores.to_vec2::<f32>()?;
         if std::env::var_os("GLANCE_TIMINGS").is_some() {
             eprintln!(
-                "glance timings: batch {} scored in {:.2}s",
+                "glance timings: batch {} encode {:.2}s scored in {:.2}s",
                 pixels.len(),
+                encoded.as_secs_f64(),
                 started.elapsed().as_secs_f64()
             );
         }

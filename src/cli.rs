@@ -57,7 +57,9 @@ pub struct DeviceArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Precision of the weights and activations: auto (f32 on CPU, bf16 on GPU), f32, f16 or bf16.
+    /// Precision: auto (f32 on CPU, bf16 on GPU), f32, f16 or bf16. On a CPU with AVX512-BF16,
+    /// bf16 runs the linear layers' matrix products in bf16 (f32 sums) and keeps everything else
+    /// in f32: about twice as fast, captions and scores close to f32's but not identical.
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeChoice,
 }

@@ -92,6 +92,27 @@ pub fn dtype(choice: DTypeChoice, device: &Device) -> DType {
     }
 }
 
+/// The dtype models are loaded in and whether their linear layers take glance's bf16 kernel:
+/// `bf16` on a CPU with AVX512-BF16 keeps the model in f32 and runs the matrix products of the
+/// linear layers with bf16 inputs and f32 sums (twice the f32 rate); elsewhere it is candle's bf16.
+pub fn precision(choice: DTypeChoice, device: &Device) -> (DType, bool) {
+    match dtype(choice, device) {
+        DType::BF16 if device.is_cpu() && crate::models::gemm_bf16::available() => {
+            (DType::F32, true)
+        }
+        d => (d, false),
+    }
+}
+
+/// How the precision is shown to people: "F32", "BF16", or "bf16 matmuls, f32 activations".
+pub fn describe_precision(dtype: DType) -> String {
+    if dtype == DType::F32 && crate::models::linear::cpu_bf16_matmul() {
+        "bf16 matmuls, f32 activations".into()
+    } else {
+        format!("{dtype:?}")
+    }
+}
+
 /// "cpu", "cuda:0", "metal".
 pub fn describe(device: &Device) -> String {
     match device.location() {

@@ -67,9 +67,10 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
     let captioner = Captioner::load(&files, &device, dtype)?;
     if !args.run.quiet {
         eprintln!(
-            "glance: {} on {} ({dtype:?})",
+            "glance: {} on {} ({})",
             captioner.name(),
-            glance::device::describe(&device)
+            glance::device::describe(&device),
+            glance::device::describe_precision(dtype)
         );
     }
     let mut stage = CaptionStage::new(
@@ -211,10 +212,11 @@ fn execute(
         .with_context(|| format!("loading {}", pipeline.source))?;
     if !run.quiet {
         eprintln!(
-            "glance: {} ({}) on {} ({dtype:?})",
+            "glance: {} ({}) on {} ({})",
             pipeline.source,
             pipeline.stage_names().join(" + "),
-            glance::device::describe(&device)
+            glance::device::describe(&device),
+            glance::device::describe_precision(dtype)
         );
     }
     let mut refs: Vec<&mut dyn Stage> = stages
@@ -241,9 +243,10 @@ fn announce(
         " (the model's classes)".to_string()
     };
     eprintln!(
-        "glance: {} on {} ({dtype:?}), {} labels{prompts}",
+        "glance: {} on {} ({}), {} labels{prompts}",
         stage.model_name(),
         glance::device::describe(device),
+        glance::device::describe_precision(dtype),
         stage.labels().len()
     );
 }
@@ -300,7 +303,8 @@ pub(crate) fn open_device(
     args: &cli::DeviceArgs,
 ) -> Result<(candle_core::Device, candle_core::DType)> {
     let device = glance::device::open(args.device)?;
-    let dtype = glance::device::dtype(args.dtype, &device);
+    let (dtype, bf16_matmul) = glance::device::precision(args.dtype, &device);
+    glance::models::linear::set_cpu_bf16_matmul(bf16_matmul);
     Ok((device, dtype))
 }
 

@@ -516,3 +516,34 @@ fn hub_ids_load_from_the_python_cache_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--dtype bf16` on a CPU with AVX512-BF16: the model stays f32 and the linear layers run
+/// glance's bf16 kernel. Rounding the matmul inputs to bf16 may flip a near-tie token, but a
+/// kernel that computed the wrong product would change nearly every caption; on the 11 photos
+/// 10 captions agree (measured when this was written).
+#[test]
+fn bf16_matmuls_agree_with_f32_on_most_captions() {
+    if !glance::models::gemm_bf16::available() {
+        eprintln!("no AVX512-BF16 on this CPU: --dtype bf16 uses candle's bf16; not compared");
+        return;
+    }
+    let images = common::shared_images();
+    let run = |dtype: &str| {
+        let out = caption(&["--dtype", dtype, images.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout_records(&out)
+    };
+    let (f32_recs, bf16_recs) = (run("f32"), run("bf16"));
+    assert_eq!(f32_recs.len(), 11);
+    let same = f32_recs
+        .iter()
+        .zip(&bf16_recs)
+        .filter(|(a, b)| a["caption"] == b["caption"])
+        .count();
+    eprintln!("bf16 matmuls: {same} of 11 captions equal to f32");
+    assert!(same >= 9, "only {same} of 11 captions agree");
+}

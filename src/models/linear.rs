@@ -5,16 +5,57 @@
 //! into panels on every call; decoding is memory-bound, so glance instead streams each weight row
 //! once and takes its dot products with all input rows while it is in L1 ("skinny" GEMM).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::gemm_bf16::{self, PackedWeights};
+
 /// Inputs with at most this many rows take the streaming path on the CPU.
 const SKINNY_MAX_ROWS: usize = 32;
 
+/// Whether linear layers built from now on keep CPU f32 weights as packed bf16 for the
+/// AVX512-BF16 kernel (`--dtype bf16` on such a CPU), like PyTorch's
+/// `set_float32_matmul_precision("medium")`: activations stay f32, matmul inputs are rounded.
+static CPU_BF16_MATMUL: AtomicBool = AtomicBool::new(false);
+
+/// Turns the bf16 matmul path on or off for models loaded afterwards; refused (false) where
+/// the CPU lacks AVX512-BF16.
+pub fn set_cpu_bf16_matmul(on: bool) -> bool {
+    let on = on && gemm_bf16::available();
+    CPU_BF16_MATMUL.store(on, Ordering::Relaxed);
+    on
+}
+
+pub fn cpu_bf16_matmul() -> bool {
+    CPU_BF16_MATMUL.load(Ordering::Relaxed)
+}
+
+/// Packs a CPU f32 `[n, k]` weight straight from its storage.
+fn pack_bf16(weight: &Tensor) -> Result<PackedWeights> {
+    let weight = weight.contiguous()?;
+    let (n, k) = weight.dims2()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("bf16 packing is for CPU weights")
+    };
+    let w = &cpu.as_slice::<f32>()?[layout.start_offset()..][..n * k];
+    Ok(PackedWeights::new(w, n, k))
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    /// Packed for [`gemm_bf16::matmul`]; the f32 tensor is not kept.
+    Bf16(Arc<PackedWeights>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
     /// The bias as host floats, read once for the streaming path (CPU f32 only).
     bias_host: Option<Vec<f32>>,
@@ -38,6 +79,15 @@ impl Linear {
             .as_ref()
             .filter(|b| matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32)
             .and_then(|b| b.to_vec1::<f32>().ok());
+        let packable = cpu_bf16_matmul()
+            && matches!(weight.device(), Device::Cpu)
+            && weight.dtype() == DType::F32
+            && weight.rank() == 2
+            && bias.is_some() == bias_host.is_some();
+        let weight = match packable.then(|| pack_bf16(&weight)) {
+            Some(Ok(packed)) => Weight::Bf16(Arc::new(packed)),
+            _ => Weight::Dense(weight),
+        };
         Self {
             weight,
             bias,
@@ -45,11 +95,11 @@ impl Linear {
         }
     }
 
-    fn skinny_applies(&self, rows: usize) -> bool {
+    fn skinny_applies(&self, weight: &Tensor, rows: usize) -> bool {
         rows <= SKINNY_MAX_ROWS
-            && matches!(self.weight.device(), Device::Cpu)
-            && self.weight.dtype() == DType::F32
-            && self.weight.is_contiguous()
+            && matches!(weight.device(), Device::Cpu)
+            && weight.dtype() == DType::F32
+            && weight.is_contiguous()
             && self.bias.is_some() == self.bias_host.is_some()
     }
 }
@@ -61,11 +111,28 @@ impl Module for Linear {
             .split_last()
             .expect("linear input has at least one dimension");
         let rows: usize = lead.iter().product();
-        let out_dim = self.weight.dim(0)?;
-        if self.skinny_applies(rows) && x.dtype() == DType::F32 {
+        let weight = match &self.weight {
+            Weight::Bf16(packed) => {
+                let x2 = x
+                    .reshape((rows, *in_dim))?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let (storage, layout) = x2.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else {
+                    candle_core::bail!("bf16-packed linear layers run on the CPU only")
+                };
+                let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * in_dim];
+                let y = gemm_bf16::matmul(xs, rows, packed, self.bias_host.as_deref());
+                return Tensor::from_vec(y, (rows, packed.n), x.device())?
+                    .reshape([lead, &[packed.n]].concat());
+            }
+            Weight::Dense(w) => w,
+        };
+        let out_dim = weight.dim(0)?;
+        if self.skinny_applies(weight, rows) && x.dtype() == DType::F32 {
             let x2 = x.reshape((rows, *in_dim))?.contiguous()?;
             let xs = x2.flatten_all()?.to_vec1::<f32>()?;
-            let (storage, layout) = self.weight.storage_and_layout();
+            let (storage, layout) = weight.storage_and_layout();
             let candle_core::Storage::Cpu(cpu) = &*storage else {
                 unreachable!("skinny path is CPU only")
             };
@@ -74,7 +141,7 @@ impl Module for Linear {
             return Tensor::from_vec(y, (rows, out_dim), x.device())?
                 .reshape([lead, &[out_dim]].concat());
         }
-        let y = x.reshape((rows, *in_dim))?.matmul(&self.weight.t()?)?;
+        let y = x.reshape((rows, *in_dim))?.matmul(&weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
