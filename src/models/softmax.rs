@@ -16,15 +16,26 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let n = x.dim(candle_core::D::Minus1)?;
     let mut data = x.flatten_all()?.to_vec1::<f32>()?;
     let exp_row = exp_row_fn();
-    data.par_chunks_mut(n).for_each(|row| {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = exp_row(row, max);
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    });
+    data.par_chunks_mut(n)
+        .for_each(|row| softmax_row_with(row, exp_row));
     Tensor::from_vec(data, x.shape(), x.device())
+}
+
+/// Softmax of each `n`-long row of `data`, in place, on this thread.
+pub(crate) fn softmax_rows(data: &mut [f32], n: usize) {
+    let exp_row = exp_row_fn();
+    for row in data.chunks_mut(n) {
+        softmax_row_with(row, exp_row);
+    }
+}
+
+fn softmax_row_with(row: &mut [f32], exp_row: ExpRow) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = exp_row(row, max);
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
 }
 
 /// Replaces each `v` by `exp(v - max)` and returns the sum.
