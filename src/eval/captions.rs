@@ -80,26 +80,16 @@ pub struct Predictions {
 }
 
 pub fn read_predictions(path: &Path) -> Result<Predictions> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut preds = BTreeMap::new();
     let mut files = BTreeMap::new();
     let mut failed = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let rec: Value = serde_json::from_str(line)
-            .map_err(|e| Error::config(path, format!("line {}: not a JSON record: {e}", i + 1)))?;
-        let Some(file) = rec["file"].as_str() else {
-            return Err(Error::config(path, format!("line {}: no \"file\"", i + 1)));
-        };
+    for (file, rec) in super::read_records(path)? {
         match rec["caption"].as_str() {
-            Some(c) if rec.get("error").is_none_or(Value::is_null) => {
-                preds.insert(base_name(file), c.to_string());
-                files.insert(base_name(file), file.to_string());
+            Some(c) if !super::is_error(&rec) => {
+                preds.insert(base_name(&file), c.to_string());
+                files.insert(base_name(&file), file);
             }
-            _ => failed.push(file.to_string()),
+            _ => failed.push(file),
         }
     }
     Ok(Predictions {

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -190,21 +189,11 @@ pub struct Predictions {
 }
 
 pub fn read_predictions(path: &Path) -> Result<Predictions> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut records = Vec::new();
     let mut failed = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let rec: Value = serde_json::from_str(line)
-            .map_err(|e| Error::config(path, format!("line {}: not a JSON record: {e}", i + 1)))?;
-        let Some(file) = rec["file"].as_str() else {
-            return Err(Error::config(path, format!("line {}: no \"file\"", i + 1)));
-        };
+    for (file, rec) in super::read_records(path)? {
         match rec["label"].as_str() {
-            Some(label) if rec.get("error").is_none_or(Value::is_null) => {
+            Some(label) if !super::is_error(&rec) => {
                 let mut ranked: Vec<String> = rec["predictions"]
                     .as_array()
                     .map(|a| {
@@ -217,12 +206,12 @@ pub fn read_predictions(path: &Path) -> Result<Predictions> {
                     ranked.push(label.to_string());
                 }
                 records.push(Prediction {
-                    file: file.to_string(),
+                    file: file.clone(),
                     label: label.to_string(),
                     ranked,
                 });
             }
-            _ => failed.push(file.to_string()),
+            _ => failed.push(file),
         }
     }
     Ok(Predictions {
