@@ -187,31 +187,39 @@ fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn attention_in_batch_slices_equals_the_whole_batch() {
+    /// Random `[b, h, len, d]` queries and `[b, h, keys, d]` keys and values.
+    fn qkv(b: usize, h: usize, n: usize, keys: usize, d: usize) -> [Tensor; 3] {
         let dev = Device::Cpu;
-        // 1 head of 2100 × 2100 scores: 17.6 MB per item, so a batch of 3 runs in slices.
-        let (b, h, n, d) = (3, 1, 2100, 4);
-        let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
-        let sliced = attention(&q, &k, &v, None).unwrap();
+        [n, keys, keys].map(|len| Tensor::randn(0f32, 1.0, (b, h, len, d), &dev).unwrap())
+    }
+
+    /// The largest difference between `got` and candle's own softmax(QKᵀ/√d)·V.
+    fn max_diff_from_reference(got: Tensor, [q, k, v]: &[Tensor; 3]) -> f32 {
+        let d = q.dim(3).unwrap();
         let scores = (q * (1.0 / (d as f64).sqrt()))
             .unwrap()
             .matmul(&k.t().unwrap())
             .unwrap();
-        let whole = candle_nn::ops::softmax_last_dim(&scores)
+        let want = candle_nn::ops::softmax_last_dim(&scores)
             .unwrap()
-            .matmul(&v)
+            .matmul(v)
             .unwrap();
-        let diff = (sliced - whole)
+        (got - want)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_in_batch_slices_equals_the_whole_batch() {
+        // 1 head of 2100 × 2100 scores: 17.6 MB per item, so a batch of 3 runs in slices.
+        let t = qkv(3, 1, 2100, 2100, 4);
+        let sliced = attention(&t[0], &t[1], &t[2], None).unwrap();
+        let diff = max_diff_from_reference(sliced, &t);
         assert!(diff < 1e-4, "{diff}");
     }
 
@@ -220,28 +228,8 @@ mod tests {
         if !crate::models::gemm_bf16::available() {
             return;
         }
-        let dev = Device::Cpu;
-        let (b, h, n, d) = (2, 3, 50, 16);
-        let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (b, h, n + 7, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (b, h, n + 7, d), &dev).unwrap();
-        let ours = bf16_attention(&q, &k, &v).unwrap();
-        let scores = (q * (1.0 / (d as f64).sqrt()))
-            .unwrap()
-            .matmul(&k.t().unwrap())
-            .unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&scores)
-            .unwrap()
-            .matmul(&v)
-            .unwrap();
-        let diff = (ours - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let t = qkv(2, 3, 50, 57, 16);
+        let diff = max_diff_from_reference(bf16_attention(&t[0], &t[1], &t[2]).unwrap(), &t);
         // bf16 keeps 8 bits of mantissa: errors of a few 1e-2 on values of order 1.
         assert!(diff < 0.05, "{diff}");
     }
