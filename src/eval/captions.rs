@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::base_name;
 use super::metrics::{bleu, cider_d, rouge_l, Sample};
 use super::ptb::tokenize;
 use crate::error::{Error, Result};
@@ -28,13 +29,6 @@ pub struct CaptionReport {
     pub unmatched_predictions: Vec<String>,
     /// Prediction records with an error or no caption (not scored).
     pub failed_predictions: Vec<String>,
-}
-
-fn base_name(file: &str) -> String {
-    Path::new(file)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.to_string())
 }
 
 /// References by file name from a COCO captions document.

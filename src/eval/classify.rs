@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::base_name;
 use crate::error::{Error, Result};
 
 /// One ground-truth image.
@@ -26,13 +27,6 @@ pub struct Truth {
     pub items: Vec<TruthItem>,
     by_path: HashMap<PathBuf, usize>,
     by_name: HashMap<String, Vec<usize>>,
-}
-
-fn base_name(file: &str) -> String {
-    Path::new(file)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.to_string())
 }
 
 /// How labels are compared: case, surrounding space and `_` versus space do not matter, so a

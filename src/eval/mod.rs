@@ -14,6 +14,14 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The last path component of a record's `file` (how predictions meet references and truth).
+pub(crate) fn base_name(file: &str) -> String {
+    Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.to_string())
+}
+
 /// The records of a glance JSON-lines file, each with its `file`; blank lines are skipped and a
 /// line that is not a JSON record with a `file` is an error naming the line.
 pub(crate) fn read_records(path: &Path) -> Result<Vec<(String, Value)>> {
