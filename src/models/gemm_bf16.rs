@@ -68,48 +68,34 @@ impl PackedWeights {
     /// Packs `w` (`n` rows of `k`).
     pub fn new(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight is n × k");
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        if pairs > 0 {
-            data.par_chunks_mut(pairs * NR)
-                .enumerate()
-                .for_each(|(p, panel)| {
-                    let mut bits = vec![0u16; 2 * pairs];
-                    for j in 0..NR.min(n - p * NR) {
-                        convert_row(&w[(p * NR + j) * k..][..k], &mut bits[..k]);
-                        for q in 0..pairs {
-                            panel[q * NR + j] =
-                                u32::from(bits[2 * q]) | u32::from(bits[2 * q + 1]) << 16;
-                        }
-                    }
-                });
+        Self {
+            n,
+            k,
+            pairs: k.div_ceil(2),
+            data: interleave_pairs(w, n, k, NR),
         }
-        Self { n, k, pairs, data }
-    }
-
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len() * 4
     }
 }
 
-/// `x` (`m` rows of `k`) as row tiles: `[ceil(m / MR)][pairs][MR]` bf16 pairs.
-fn pack_rows(x: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u32> {
-    let tiles = m.div_ceil(MR);
-    let mut out = vec![0u32; tiles * pairs * MR];
+/// Rows of `k` values rounded to bf16 and laid out in blocks of `lanes` rows:
+/// `[ceil(rows / lanes)][ceil(k / 2)][lanes]`, each u32 holding (row[2q], row[2q + 1]) with the
+/// first in the low half. Rows past the end and, for odd `k`, the last high half are zero.
+/// Weight panels use 32 lanes ([`NR`]), input tiles 12 ([`MR`]).
+fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0u32; rows.div_ceil(lanes) * pairs * lanes];
     if pairs == 0 {
         return out;
     }
-    out.par_chunks_mut(pairs * MR)
+    out.par_chunks_mut(pairs * lanes)
         .enumerate()
-        .for_each(|(t, tile)| {
-            // Odd k: the last pair's high half stays 0.
+        .for_each(|(t, block)| {
             let mut bits = vec![0u16; 2 * pairs];
-            for i in 0..MR.min(m - t * MR) {
-                convert_row(&x[(t * MR + i) * k..][..k], &mut bits[..k]);
+            for i in 0..lanes.min(rows - t * lanes) {
+                convert_row(&x[(t * lanes + i) * k..][..k], &mut bits[..k]);
                 for q in 0..pairs {
-                    tile[q * MR + i] = u32::from(bits[2 * q]) | u32::from(bits[2 * q + 1]) << 16;
+                    block[q * lanes + i] =
+                        u32::from(bits[2 * q]) | u32::from(bits[2 * q + 1]) << 16;
                 }
             }
         });
@@ -163,7 +149,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
         }
         return y;
     }
-    let a = pack_rows(x, m, w.k, w.pairs);
+    let a = interleave_pairs(x, m, w.k, MR);
     let tiles = m.div_ceil(MR);
     let panels = n.div_ceil(NR);
     // Few rows (decoding) are memory-bound: small tasks so every core streams weights. Many
