@@ -294,9 +294,8 @@ pub(crate) fn load_judge(
     dtype: candle_core::DType,
 ) -> Result<glance::eval::clip_score::ClipScorer> {
     let files = ModelFiles::new(ModelSource::parse(model, revision))?;
-    let model = glance::zero_shot::load_image_text(&files, device, dtype)
-        .with_context(|| format!("loading the CLIPScore judge {model}"))?;
-    Ok(glance::eval::clip_score::ClipScorer::new(model))
+    glance::eval::clip_score::ClipScorer::load(&files, device, dtype)
+        .with_context(|| format!("loading the CLIPScore judge {model}"))
 }
 
 pub(crate) fn open_device(

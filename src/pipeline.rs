@@ -428,9 +428,9 @@ impl StageSpec {
                     Some("clip") => {
                         let judge_files =
                             model_files(&options.clip_model, &None, DEFAULT_ZERO_SHOT_MODEL)?;
-                        let judge = crate::zero_shot::load_image_text(&judge_files, device, dtype)?;
-                        stage =
-                            stage.rerank_with(crate::eval::clip_score::ClipScorer::new(judge))?;
+                        let judge =
+                            crate::eval::clip_score::ClipScorer::load(&judge_files, device, dtype)?;
+                        stage = stage.rerank_with(judge)?;
                     }
                     Some(other) => {
                         return Err(Error::Options(format!(

@@ -28,7 +28,7 @@ fn expected() -> Value {
 fn judge(name: &str) -> ClipScorer {
     let dir = common::repo().join("tests/fixtures").join(name);
     let files = ModelFiles::new(ModelSource::Local(dir)).unwrap();
-    ClipScorer::new(glance::zero_shot::load_image_text(&files, &Device::Cpu, DType::F32).unwrap())
+    ClipScorer::load(&files, &Device::Cpu, DType::F32).unwrap()
 }
 
 fn glance(args: &[&str]) -> Value {

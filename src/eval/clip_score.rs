@@ -7,12 +7,13 @@
 //! authors' clipscore.py; w was calibrated for CLIP ViT-B/32, so scores of other models are
 //! comparable with each other only.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::zero_shot::{l2_normalize, ImageTextModel};
+use crate::hub::ModelFiles;
+use crate::zero_shot::{l2_normalize, load_image_text, ImageTextModel};
 
 /// The paper's rescaling weight.
 pub const WEIGHT: f32 = 2.5;
@@ -29,6 +30,11 @@ pub struct ClipScorer {
 impl ClipScorer {
     pub fn new(model: ImageTextModel) -> Self {
         Self { model }
+    }
+
+    /// Loads a CLIP or SigLIP checkpoint as the judge.
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self::new(load_image_text(files, device, dtype)?))
     }
 
     pub fn name(&self) -> &str {
