@@ -45,6 +45,29 @@ fn glance(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `glance eval captions --format json` of `predictions` with the fixture judge `judge`, the
+/// images found in the shared photos, and `references` when given.
+fn eval_with_judge(predictions: &str, judge: &str, references: Option<&str>) -> Value {
+    let model = format!("tests/fixtures/{judge}");
+    let images = common::shared_images();
+    let mut args = vec![
+        "eval",
+        "captions",
+        "--format",
+        "json",
+        "--predictions",
+        predictions,
+        "--clip-model",
+        &model,
+        "--images",
+        images.to_str().unwrap(),
+    ];
+    if let Some(r) = references {
+        args.extend(["--references", r]);
+    }
+    glance(&args)
+}
+
 fn predictions() -> std::collections::BTreeMap<String, String> {
     let path = common::repo().join("eval/captions/predictions.jsonl");
     glance::eval::captions::read_predictions(&path)
@@ -106,22 +129,11 @@ fn siglip_cosines_match_transformers() {
 
 fn check_cli_means(name: &str) {
     let exp = expected();
-    let model = format!("tests/fixtures/{name}");
-    let images = common::shared_images();
-    let got = glance(&[
-        "eval",
-        "captions",
-        "--format",
-        "json",
-        "--predictions",
+    let got = eval_with_judge(
         "eval/captions/predictions.jsonl",
-        "--references",
-        "eval/captions/references.json",
-        "--clip-model",
-        &model,
-        "--images",
-        images.to_str().unwrap(),
-    ]);
+        name,
+        Some("eval/captions/references.json"),
+    );
     let want = &exp["judges"][name];
     for key in ["clip_score", "ref_clip_score"] {
         let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
@@ -164,19 +176,7 @@ fn siglip_judge_scores_match_transformers() {
 
 #[test]
 fn clip_score_without_references_scores_every_prediction_with_an_image() {
-    let images = common::shared_images();
-    let got = glance(&[
-        "eval",
-        "captions",
-        "--format",
-        "json",
-        "--predictions",
-        "eval/captions/predictions.jsonl",
-        "--clip-model",
-        "tests/fixtures/clip-tiny",
-        "--images",
-        images.to_str().unwrap(),
-    ]);
+    let got = eval_with_judge("eval/captions/predictions.jsonl", "clip-tiny", None);
     assert!(got.get("ref_clip_score").is_none() && got.get("cider").is_none());
     // selfie.jpg has no reference but is a prediction; it is not among the photos either.
     let unreadable = got["unreadable_images"].as_array().unwrap();
@@ -272,24 +272,12 @@ fn rerank_keeps_the_candidate_the_judge_scores_highest() {
 #[test]
 fn recorded_clip_scores_are_what_eval_computes() {
     let (_dir, path, records) = rerank_run(&["--num-beams", "3"]);
-    let images = common::shared_images();
     let mean = records
         .iter()
         .map(|r| r["clip_score"].as_f64().unwrap())
         .sum::<f64>()
         / records.len() as f64;
-    let got = glance(&[
-        "eval",
-        "captions",
-        "--format",
-        "json",
-        "--predictions",
-        path.to_str().unwrap(),
-        "--clip-model",
-        "tests/fixtures/clip-tiny",
-        "--images",
-        images.to_str().unwrap(),
-    ]);
+    let got = eval_with_judge(path.to_str().unwrap(), "clip-tiny", None);
     assert_eq!(got["clip_images_scored"], 11);
     let eval_mean = got["clip_score"].as_f64().unwrap();
     assert!(
@@ -335,18 +323,8 @@ fn a_pipeline_caption_stage_can_rerank() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_glance"))
-        .args(["run", "-q"])
-        .arg(&file)
-        .arg(common::shared_images().join("coffee.png"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = common::shared_images().join("coffee.png");
+    let rec = glance(&["run", "-q", file.to_str().unwrap(), image.to_str().unwrap()]);
     assert_eq!(rec["clip_scores"].as_array().unwrap().len(), 3, "{rec}");
     assert!(rec["clip_score"].is_number());
 }
