@@ -248,22 +248,9 @@ mod tests {
 
     #[test]
     fn single_query_path_equals_batched_matmul() {
-        let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (2, 3, 1, 16), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (2, 3, 9, 16), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (2, 3, 9, 16), &dev).unwrap();
-        let fast = single_query_attention(&q, &k, &v).unwrap();
-        let scores = ((q.matmul(&k.t().unwrap()).unwrap()) * 0.25).unwrap();
-        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-        let slow = probs.matmul(&v).unwrap();
-        let diff = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let t = qkv(2, 3, 1, 9, 16);
+        let fast = single_query_attention(&t[0], &t[1], &t[2]).unwrap();
+        let diff = max_diff_from_reference(fast, &t);
         assert!(diff < 1e-5, "{diff}");
     }
 }
