@@ -293,16 +293,13 @@ pub fn evaluate(preds: &Predictions, truth: &Truth, top_k: usize) -> ClassifyRep
             .entry(normalize_label(&item.label))
             .or_insert_with(|| item.label.clone());
     }
-    let true_keys: Vec<String> = names.keys().cloned().collect();
-    let mut extra: Vec<String> = Vec::new();
+    let mut predicted_only: BTreeMap<String, String> = BTreeMap::new();
     for p in matched.values() {
         let key = normalize_label(&p.label);
-        if !names.contains_key(&key) && !extra.contains(&key) {
-            extra.push(key);
-            names.insert(normalize_label(&p.label), p.label.clone());
+        if !names.contains_key(&key) {
+            predicted_only.entry(key).or_insert_with(|| p.label.clone());
         }
     }
-    extra.sort();
     // Classes are those present among the scored images, as scikit-learn takes the union of
     // y_true and y_pred; truth classes with no scored image are left out.
     let present: std::collections::HashSet<String> = matched
@@ -314,11 +311,13 @@ pub fn evaluate(preds: &Predictions, truth: &Truth, top_k: usize) -> ClassifyRep
             ]
         })
         .collect();
-    let keys: Vec<String> = true_keys
-        .into_iter()
-        .chain(extra)
-        .filter(|k| present.contains(k))
+    let keys: Vec<String> = names
+        .keys()
+        .chain(predicted_only.keys())
+        .filter(|k| present.contains(*k))
+        .cloned()
         .collect();
+    names.extend(predicted_only);
     let index: HashMap<&str, usize> = keys
         .iter()
         .enumerate()
