@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm_bf16::{self, PackedWeights};
+use super::ops::with_f32_values;
 
 /// Inputs with at most this many rows take the streaming path on the CPU.
 const SKINNY_MAX_ROWS: usize = 32;
@@ -36,14 +37,8 @@ pub fn cpu_bf16_matmul() -> bool {
 
 /// Packs a CPU f32 `[n, k]` weight straight from its storage.
 fn pack_bf16(weight: &Tensor) -> Result<PackedWeights> {
-    let weight = weight.contiguous()?;
     let (n, k) = weight.dims2()?;
-    let (storage, layout) = weight.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("bf16 packing is for CPU weights")
-    };
-    let w = &cpu.as_slice::<f32>()?[layout.start_offset()..][..n * k];
-    Ok(PackedWeights::new(w, n, k))
+    with_f32_values(weight, |w| PackedWeights::new(w, n, k))
 }
 
 #[derive(Debug, Clone)]
@@ -113,16 +108,10 @@ impl Module for Linear {
         let rows: usize = lead.iter().product();
         let weight = match &self.weight {
             Weight::Bf16(packed) => {
-                let x2 = x
-                    .reshape((rows, *in_dim))?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?;
-                let (storage, layout) = x2.storage_and_layout();
-                let candle_core::Storage::Cpu(cpu) = &*storage else {
-                    candle_core::bail!("bf16-packed linear layers run on the CPU only")
-                };
-                let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..rows * in_dim];
-                let y = gemm_bf16::matmul(xs, rows, packed, self.bias_host.as_deref());
+                let x2 = x.reshape((rows, *in_dim))?.to_dtype(DType::F32)?;
+                let y = with_f32_values(&x2, |xs| {
+                    gemm_bf16::matmul(xs, rows, packed, self.bias_host.as_deref())
+                })?;
                 return Tensor::from_vec(y, (rows, packed.n), x.device())?
                     .reshape([lead, &[packed.n]].concat());
             }
@@ -130,14 +119,12 @@ impl Module for Linear {
         };
         let out_dim = weight.dim(0)?;
         if self.skinny_applies(weight, rows) && x.dtype() == DType::F32 {
-            let x2 = x.reshape((rows, *in_dim))?.contiguous()?;
-            let xs = x2.flatten_all()?.to_vec1::<f32>()?;
-            let (storage, layout) = weight.storage_and_layout();
-            let candle_core::Storage::Cpu(cpu) = &*storage else {
-                unreachable!("skinny path is CPU only")
-            };
-            let w = &cpu.as_slice::<f32>()?[layout.start_offset()..][..out_dim * in_dim];
-            let y = skinny_matmul(&xs, rows, w, out_dim, *in_dim, self.bias_host.as_deref());
+            let x2 = x.reshape((rows, *in_dim))?;
+            let y = with_f32_values(&x2, |xs| {
+                with_f32_values(weight, |w| {
+                    skinny_matmul(xs, rows, w, out_dim, *in_dim, self.bias_host.as_deref())
+                })
+            })??;
             return Tensor::from_vec(y, (rows, out_dim), x.device())?
                 .reshape([lead, &[out_dim]].concat());
         }

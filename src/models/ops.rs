@@ -47,16 +47,29 @@ impl Module for HiddenAct {
     }
 }
 
+/// Calls `f` with the values of a CPU f32 tensor, in row-major order, without copying them out of
+/// the tensor (only a non-contiguous tensor is first made contiguous).
+pub(crate) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor, found one on {:?}", t.device())
+    };
+    Ok(f(
+        &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()]
+    ))
+}
+
 /// Scaled dot-product attention over `[batch, heads, len, head_dim]` tensors; `mask` is added to
 /// the scores (0 keeps, -inf drops) and broadcast over batch and heads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    if mask.is_none() && q.dim(2)? == 1 && single_query_applies(q, k, v) {
+    if mask.is_none() && q.dim(2)? == 1 && all_cpu_f32(q, k, v) {
         return single_query_attention(q, k, v);
     }
     if mask.is_none()
         && q.dim(2)? > 32
         && crate::models::linear::cpu_bf16_matmul()
-        && single_query_applies(q, k, v)
+        && all_cpu_f32(q, k, v)
     {
         return bf16_attention(q, k, v);
     }
@@ -106,23 +119,27 @@ fn bf16_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let s = k.dim(2)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let host = |t: &Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1::<f32>() };
-    let (qs, ks, vs) = (host(q)?, host(k)?, host(v)?);
     let mut out = vec![0f32; b * h * n * d];
-    out.par_chunks_mut(n * d).enumerate().for_each(|(bh, o)| {
-        let qh: Vec<f32> = qs[bh * n * d..][..n * d]
-            .iter()
-            .map(|x| x * scale)
-            .collect();
-        let keys = PackedWeights::new(&ks[bh * s * d..][..s * d], s, d);
-        let mut scores = matmul(&qh, n, &keys, None);
-        crate::models::softmax::softmax_rows(&mut scores, s);
-        // P·V as P·(Vᵀ)ᵀ: the kernel's weights are Vᵀ, d rows of s.
-        let vh = &vs[bh * s * d..][..s * d];
-        let vt: Vec<f32> = (0..d * s).map(|i| vh[(i % s) * d + i / s]).collect();
-        let values = PackedWeights::new(&vt, d, s);
-        o.copy_from_slice(&matmul(&scores, n, &values, None));
-    });
+    with_f32_values(q, |qs| {
+        with_f32_values(k, |ks| {
+            with_f32_values(v, |vs| {
+                out.par_chunks_mut(n * d).enumerate().for_each(|(bh, o)| {
+                    let qh: Vec<f32> = qs[bh * n * d..][..n * d]
+                        .iter()
+                        .map(|x| x * scale)
+                        .collect();
+                    let keys = PackedWeights::new(&ks[bh * s * d..][..s * d], s, d);
+                    let mut scores = matmul(&qh, n, &keys, None);
+                    crate::models::softmax::softmax_rows(&mut scores, s);
+                    // P·V as P·(Vᵀ)ᵀ: the kernel's weights are Vᵀ, d rows of s.
+                    let vh = &vs[bh * s * d..][..s * d];
+                    let vt: Vec<f32> = (0..d * s).map(|i| vh[(i % s) * d + i / s]).collect();
+                    let values = PackedWeights::new(&vt, d, s);
+                    o.copy_from_slice(&matmul(&scores, n, &values, None));
+                })
+            })
+        })
+    })???;
     Tensor::from_vec(out, (b, h, n, d), q.device())
 }
 
@@ -135,7 +152,7 @@ pub fn causal_mask(new: usize, past: usize, dtype: DType, device: &Device) -> Re
     Tensor::from_vec(mask, (new, total), device)?.to_dtype(dtype)
 }
 
-fn single_query_applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+fn all_cpu_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     [q, k, v]
         .iter()
         .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
@@ -147,39 +164,36 @@ fn single_query_applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 fn single_query_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, _, d) = q.dims4()?;
     let s = k.dim(2)?;
-    let qs = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let (k, v) = (k.contiguous()?, v.contiguous()?);
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (candle_core::Storage::Cpu(kc), candle_core::Storage::Cpu(vc)) = (&*ks, &*vs) else {
-        unreachable!("checked to be on the CPU")
-    };
-    let kd = &kc.as_slice::<f32>()?[kl.start_offset()..][..b * h * s * d];
-    let vd = &vc.as_slice::<f32>()?[vl.start_offset()..][..b * h * s * d];
     let scale = 1.0 / (d as f32).sqrt();
     let dot = crate::models::linear::dot_fn();
     let mut out = vec![0f32; b * h * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(bh, o)| {
-        let q = &qs[bh * d..(bh + 1) * d];
-        let keys = &kd[bh * s * d..(bh + 1) * s * d];
-        let values = &vd[bh * s * d..(bh + 1) * s * d];
-        let mut scores: Vec<f32> = keys
-            .chunks_exact(d)
-            .map(|key| dot(q, key) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-            let p = p / sum;
-            for (o, x) in o.iter_mut().zip(value) {
-                *o += p * x;
-            }
-        }
-    });
+    with_f32_values(q, |qs| {
+        with_f32_values(k, |kd| {
+            with_f32_values(v, |vd| {
+                out.par_chunks_mut(d).enumerate().for_each(|(bh, o)| {
+                    let q = &qs[bh * d..(bh + 1) * d];
+                    let keys = &kd[bh * s * d..(bh + 1) * s * d];
+                    let values = &vd[bh * s * d..(bh + 1) * s * d];
+                    let mut scores: Vec<f32> = keys
+                        .chunks_exact(d)
+                        .map(|key| dot(q, key) * scale)
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for x in scores.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
+                        let p = p / sum;
+                        for (o, x) in o.iter_mut().zip(value) {
+                            *o += p * x;
+                        }
+                    }
+                })
+            })
+        })
+    })???;
     Tensor::from_vec(out, (b, h, 1, d), q.device())
 }
 
