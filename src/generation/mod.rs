@@ -1,6 +1,6 @@
 //! The one decode loop every text decoder shares: greedy, sampling and beam search over a
-//! batch of encoder outputs, with a KV cache whose cross-attention keys/values are computed once
-//! per image and rows dropped from the batch as soon as they finish.
+//! batch of encoder outputs, with a KV cache that shares each image's encoder states across its
+//! rows and rows dropped from the batch as soon as they finish.
 //!
 //! Semantics follow transformers' `GenerationMixin.generate` (`_sample`, `_beam_search`).
 
@@ -11,40 +11,44 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Per-layer cached keys/values, shape `[rows, heads, len, head_dim]`.
+/// One layer's cached self-attention keys/values, shape `[rows, heads, len, head_dim]`.
 #[derive(Debug, Clone, Default)]
 pub struct LayerCache {
     pub self_kv: Option<(Tensor, Tensor)>,
-    pub cross_kv: Option<(Tensor, Tensor)>,
 }
 
-/// A decoder's state across steps: one entry per layer plus the number of cached positions.
+/// A decoder's state across steps: one entry per layer, the number of cached positions and the
+/// images' encoder states that every layer's cross-attention reads (see
+/// [`crate::models::cross_attention`]).
 ///
-/// Cross-attention keys/values hold one row per image; the decoder runs `group` consecutive rows
-/// per image (beams, or several samples), which share them instead of copying them.
+/// The encoder states hold one row per image; the decoder runs `group` consecutive rows per
+/// image (beams, or several samples), which share them instead of copying them.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     pub seq_len: usize,
     pub group: usize,
+    /// `[images, positions, dim]`.
+    pub memory: Option<Tensor>,
 }
 
 impl KvCache {
-    /// A fresh cache holding each layer's cross-attention keys and values (computed once per
-    /// image) and no self-attention entries yet.
-    pub fn with_cross_attention(cross: Vec<(Tensor, Tensor)>) -> Self {
-        let layers = cross
-            .into_iter()
-            .map(|kv| LayerCache {
-                self_kv: None,
-                cross_kv: Some(kv),
-            })
-            .collect();
+    /// A fresh cache for `layers` layers attending to `memory` (the encoder states), with no
+    /// self-attention entries yet.
+    pub fn new(layers: usize, memory: Tensor) -> Self {
         Self {
-            layers,
+            layers: vec![LayerCache::default(); layers],
             seq_len: 0,
             group: 1,
+            memory: Some(memory),
         }
+    }
+
+    /// The encoder states, `[images, positions, dim]`.
+    pub fn memory(&self) -> candle_core::Result<&Tensor> {
+        self.memory.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("the decoder cache has no encoder states".into())
+        })
     }
 
     /// Runs `group` rows per image from now on (before the first step).
@@ -53,9 +57,9 @@ impl KvCache {
     }
 
     /// Keeps, reorders or drops decoder rows; `rows` index the current rows. While every image
-    /// keeps whole groups of consecutive rows, cross-attention entries stay shared (one per
-    /// image); when rows of an image finish at different times (sampling several captions),
-    /// the entries are expanded to one per row.
+    /// keeps whole groups of consecutive rows, encoder states stay shared (one per image); when
+    /// rows of an image finish at different times (sampling several captions), they are
+    /// expanded to one per row.
     pub fn select(&mut self, rows: &[u32], device: &candle_core::Device) -> Result<()> {
         let group = self.group.max(1) as u32;
         let whole_groups = rows.len().is_multiple_of(group as usize)
@@ -71,25 +75,18 @@ impl KvCache {
             self.group = 1;
             rows.iter().map(|r| r / group).collect()
         };
-        let current = self
-            .layers
-            .first()
-            .and_then(|l| l.cross_kv.as_ref())
-            .map(|(k, _)| k.dim(0))
-            .transpose()?;
+        let current = self.memory.as_ref().map(|m| m.dim(0)).transpose()?;
         let unchanged =
             current == Some(images.len()) && images.iter().enumerate().all(|(i, &m)| i as u32 == m);
         let rows = Tensor::new(rows, device)?;
-        let images = Tensor::new(images, device)?;
         for layer in &mut self.layers {
             if let Some((k, v)) = &layer.self_kv {
                 layer.self_kv = Some((k.index_select(&rows, 0)?, v.index_select(&rows, 0)?));
             }
-            if !unchanged {
-                if let Some((k, v)) = &layer.cross_kv {
-                    layer.cross_kv =
-                        Some((k.index_select(&images, 0)?, v.index_select(&images, 0)?));
-                }
+        }
+        if !unchanged {
+            if let Some(m) = &self.memory {
+                self.memory = Some(m.index_select(&Tensor::new(images, device)?, 0)?);
             }
         }
         Ok(())
@@ -98,8 +95,7 @@ impl KvCache {
 
 /// What a text decoder provides to the decode loop.
 pub trait TextDecoder: Send + Sync {
-    /// A fresh cache for a batch of encoder outputs `[rows, positions, dim]`; cross-attention
-    /// keys and values are computed here, once.
+    /// A fresh cache for a batch of encoder outputs `[rows, positions, dim]`.
     fn new_cache(&self, encoder_hidden: &Tensor) -> Result<KvCache>;
 
     /// Feeds `ids` `[rows, n]` after the cached positions and returns the logits of the last

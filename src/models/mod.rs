@@ -4,6 +4,7 @@ pub mod activation;
 pub mod blip;
 pub mod clip;
 pub mod convnext;
+pub mod cross_attention;
 pub mod gemm_bf16;
 pub mod gpt2;
 pub mod linear;

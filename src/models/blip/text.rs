@@ -3,14 +3,16 @@
 //! same module is transformers' `BertLMHeadModel` decoder (plus token-type embeddings), so
 //! vision encoder–decoder captioners with a BERT decoder use it too.
 //!
-//! Unlike a plain port, the cross-attention keys/values of the image are computed once per image
-//! (in `new_cache`), and any batch size works.
+//! Unlike a plain port, cross-attention folds its key and value projections into the query and
+//! output sides (see [`crate::models::cross_attention`]): the cache holds each image's encoder
+//! states once instead of keys and values per layer, and any batch size works.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::BlipTextConfig;
 use crate::generation::{KvCache, LayerCache, TextDecoder};
+use crate::models::cross_attention::CrossAttention;
 use crate::models::linear::{linear, Linear};
 use crate::models::ops::{attention, causal_mask};
 
@@ -24,14 +26,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &BlipTextConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let s = vb.pp("self");
         let o = vb.pp("output");
         Ok(Self {
             query: linear(d, d, s.pp("query"))?,
-            key: linear(kv_dim, d, s.pp("key"))?,
-            value: linear(kv_dim, d, s.pp("value"))?,
+            key: linear(d, d, s.pp("key"))?,
+            value: linear(d, d, s.pp("value"))?,
             dense: linear(d, d, o.pp("dense"))?,
             layer_norm: layer_norm(d, cfg.layer_norm_eps, o.pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
@@ -62,32 +64,47 @@ impl Attention {
             .reshape((b, n, d))?;
         (self.dense.forward(&ctx)? + x)?.apply(&self.layer_norm)
     }
+}
 
-    /// Cross-attention where `group` consecutive rows of `x` share one image's `(k, v)`: their
-    /// queries are stacked into one attention call per image instead of copying the keys.
-    fn attend_shared(&self, x: &Tensor, k: &Tensor, v: &Tensor, group: usize) -> Result<Tensor> {
-        if group == 1 {
-            return self.attend(x, k, v, None);
-        }
-        let (rows, n, d) = x.dims3()?;
-        let images = rows / group;
-        let hd = d / self.heads;
-        let q = self
-            .query
-            .forward(x)?
-            .reshape((images, group * n, self.heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let ctx = attention(&q, k, v, None)?
-            .transpose(1, 2)?
-            .reshape((rows, n, d))?;
+/// Cross-attention to the image: BERT's attention block with the key and value projections
+/// folded (`group` consecutive rows of `x` share one image's states).
+struct CrossAttentionBlock {
+    query: Linear,
+    folded: CrossAttention,
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+impl CrossAttentionBlock {
+    fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, e) = (cfg.hidden_size, cfg.encoder_hidden_size);
+        let s = vb.pp("self");
+        let o = vb.pp("output");
+        let heads = cfg.num_attention_heads;
+        let folded = CrossAttention::new(
+            &s.get((d, e), "key.weight")?,
+            &s.get((d, e), "value.weight")?,
+            Some(s.get(d, "value.bias")?),
+            heads,
+            1.0 / ((d / heads) as f64).sqrt(),
+        )?;
+        Ok(Self {
+            query: linear(d, d, s.pp("query"))?,
+            folded,
+            dense: linear(d, d, o.pp("dense"))?,
+            layer_norm: layer_norm(d, cfg.layer_norm_eps, o.pp("LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, memory: &Tensor, group: usize) -> Result<Tensor> {
+        let ctx = self.folded.attend(&self.query.forward(x)?, memory, group)?;
         (self.dense.forward(&ctx)? + x)?.apply(&self.layer_norm)
     }
 }
 
 struct Layer {
     self_attn: Attention,
-    cross_attn: Attention,
+    cross_attn: CrossAttentionBlock,
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
@@ -98,8 +115,8 @@ impl Layer {
     fn new(cfg: &BlipTextConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            self_attn: Attention::new(cfg, d, vb.pp("attention"))?,
-            cross_attn: Attention::new(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?,
+            self_attn: Attention::new(cfg, vb.pp("attention"))?,
+            cross_attn: CrossAttentionBlock::new(cfg, vb.pp("crossattention"))?,
             intermediate: linear(d, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
             output: linear(cfg.intermediate_size, d, vb.pp("output.dense"))?,
             output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
@@ -111,6 +128,7 @@ impl Layer {
         &self,
         x: &Tensor,
         cache: &mut LayerCache,
+        memory: &Tensor,
         group: usize,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -121,11 +139,7 @@ impl Layer {
         };
         let x = self.self_attn.attend(x, &k, &v, mask)?;
         cache.self_kv = Some((k, v));
-        let (ck, cv) = cache
-            .cross_kv
-            .as_ref()
-            .expect("cross-attention cache is built by new_cache");
-        let x = self.cross_attn.attend_shared(&x, ck, cv, group)?;
+        let x = self.cross_attn.forward(&x, memory, group)?;
         let h = self.intermediate.forward(&x)?.apply(&self.act)?;
         (self.output.forward(&h)? + x)?.apply(&self.output_norm)
     }
@@ -196,13 +210,8 @@ impl TextDecoderModel {
 
 impl TextDecoder for TextDecoderModel {
     fn new_cache(&self, encoder_hidden: &Tensor) -> crate::Result<KvCache> {
-        let encoder_hidden = encoder_hidden.to_dtype(self.dtype)?;
-        let cross = self
-            .layers
-            .iter()
-            .map(|l| l.cross_attn.keys_values(&encoder_hidden))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache::with_cross_attention(cross))
+        let memory = encoder_hidden.to_dtype(self.dtype)?.contiguous()?;
+        Ok(KvCache::new(self.layers.len(), memory))
     }
 
     fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
@@ -224,8 +233,9 @@ impl TextDecoder for TextDecoderModel {
         };
         let mut x = x;
         let group = cache.group.max(1);
+        let memory = cache.memory()?.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, layer_cache, group, mask.as_ref())?;
+            x = layer.forward(&x, layer_cache, &memory, group, mask.as_ref())?;
         }
         cache.seq_len += n;
         let last = x.narrow(1, n - 1, 1)?.squeeze(1)?;

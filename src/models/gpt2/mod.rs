@@ -10,6 +10,7 @@ use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use crate::generation::{KvCache, LayerCache, TextDecoder};
+use crate::models::cross_attention::CrossAttention;
 use crate::models::linear::Linear;
 use crate::models::ops::{attention, causal_mask, HiddenAct};
 
@@ -76,8 +77,8 @@ struct Block {
     c_proj: Linear,
     ln_cross_attn: LayerNorm,
     q_attn: Linear,
-    /// Cross-attention key and value from the encoder states, `[2d, d]`.
-    kv_attn: Linear,
+    /// Cross-attention's key and value projections (`crossattention.c_attn`), folded.
+    cross: CrossAttention,
     cross_proj: Linear,
     ln_2: LayerNorm,
     c_fc: Linear,
@@ -103,13 +104,23 @@ impl Block {
             scale /= (layer + 1) as f64;
         }
         let x = vb.pp("crossattention");
+        // c_attn maps the encoder states to [key | value]: a Conv1D, `[d, 2d]`.
+        let kv = x.pp("c_attn");
+        let kv_weight = kv.get((d, 2 * d), "weight")?.t()?;
+        let cross = CrossAttention::new(
+            &kv_weight.narrow(0, 0, d)?.contiguous()?,
+            &kv_weight.narrow(0, d, d)?.contiguous()?,
+            Some(kv.get(2 * d, "bias")?.narrow(0, d, d)?),
+            cfg.n_head,
+            scale,
+        )?;
         Ok(Self {
             ln_1: layer_norm(d, eps, vb.pp("ln_1"))?,
             c_attn: conv1d(d, 3 * d, vb.pp("attn.c_attn"))?,
             c_proj: conv1d(d, d, vb.pp("attn.c_proj"))?,
             ln_cross_attn: layer_norm(d, eps, vb.pp("ln_cross_attn"))?,
             q_attn: conv1d(d, d, x.pp("q_attn"))?,
-            kv_attn: conv1d(d, 2 * d, x.pp("c_attn"))?,
+            cross,
             cross_proj: conv1d(d, d, x.pp("c_proj"))?,
             ln_2: layer_norm(d, eps, vb.pp("ln_2"))?,
             c_fc: conv1d(d, inner, vb.pp("mlp.c_fc"))?,
@@ -132,20 +143,11 @@ impl Block {
         x.transpose(1, 2)?.reshape((b, n, d))
     }
 
-    /// The image's cross-attention keys and values, `[images, heads, positions, hd]` each.
-    fn cross_keys_values(&self, encoder_hidden: &Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = self.kv_attn.forward(encoder_hidden)?;
-        let d = kv.dim(2)? / 2;
-        Ok((
-            self.split(&kv.narrow(2, 0, d)?)?,
-            self.split(&kv.narrow(2, d, d)?)?,
-        ))
-    }
-
     fn forward(
         &self,
         x: &Tensor,
         cache: &mut LayerCache,
+        memory: &Tensor,
         group: usize,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -164,21 +166,9 @@ impl Block {
         let ctx = attention(&q, &k, &v, mask)?;
         cache.self_kv = Some((k, v));
         let x = (self.c_proj.forward(&self.merge(&ctx, b, n, d)?)? + x)?;
-        // Cross-attention: `group` consecutive rows (beams, samples) share one image's keys.
-        let (ck, cv) = cache
-            .cross_kv
-            .as_ref()
-            .expect("cross-attention cache is built by new_cache");
+        // Cross-attention: `group` consecutive rows (beams, samples) share one image's states.
         let q = self.q_attn.forward(&self.ln_cross_attn.forward(&x)?)?;
-        let images = b / group;
-        let q = q
-            .reshape((images, group * n, self.heads, d / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = self.rescale(q)?;
-        let ctx = attention(&q, ck, cv, None)?
-            .transpose(1, 2)?
-            .reshape((b, n, d))?;
+        let ctx = self.cross.attend(&q, memory, group)?;
         let x = (self.cross_proj.forward(&ctx)? + x)?;
         let h = self
             .c_fc
@@ -242,13 +232,8 @@ impl Gpt2Decoder {
 
 impl TextDecoder for Gpt2Decoder {
     fn new_cache(&self, encoder_hidden: &Tensor) -> crate::Result<KvCache> {
-        let encoder_hidden = encoder_hidden.to_dtype(self.dtype)?;
-        let cross = self
-            .blocks
-            .iter()
-            .map(|b| b.cross_keys_values(&encoder_hidden))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache::with_cross_attention(cross))
+        let memory = encoder_hidden.to_dtype(self.dtype)?.contiguous()?;
+        Ok(KvCache::new(self.blocks.len(), memory))
     }
 
     fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> crate::Result<Tensor> {
@@ -265,8 +250,9 @@ impl TextDecoder for Gpt2Decoder {
             None
         };
         let group = cache.group.max(1);
+        let memory = cache.memory()?.clone();
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, layer_cache, group, mask.as_ref())?;
+            x = block.forward(&x, layer_cache, &memory, group, mask.as_ref())?;
         }
         cache.seq_len += n;
         let last = x.narrow(1, n - 1, 1)?.squeeze(1)?;
