@@ -6,7 +6,7 @@ use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::BlipVisionConfig;
 use crate::models::linear::{linear, Linear};
-use crate::models::ops::attention;
+use crate::models::ops::{attention, by_batch_slices};
 
 struct Embeddings {
     class_embedding: Tensor,
@@ -116,10 +116,13 @@ impl VisionModel {
 
     /// `[batch, 3, H, W]` pixels to `[batch, 1 + patches, hidden]` features.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(pixels)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
-        self.post_layernorm.forward(&x)
+        let x = self.embeddings.forward(pixels)?;
+        by_batch_slices(&x, |x| {
+            let mut x = x.clone();
+            for layer in &self.layers {
+                x = layer.forward(&x)?;
+            }
+            self.post_layernorm.forward(&x)
+        })
     }
 }

@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, HiddenAct};
+use crate::models::ops::{attention, by_batch_slices, HiddenAct};
 
 /// The sizes one encoder stack needs, taken from a text or vision config.
 #[derive(Debug, Clone, Copy)]
@@ -141,10 +141,12 @@ impl Encoder {
 
     /// `[batch, len, hidden]` to the last hidden state; `mask` is additive, `[len, len]`.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, mask)?;
-        }
-        Ok(x)
+        by_batch_slices(x, |x| {
+            let mut x = x.clone();
+            for layer in &self.layers {
+                x = layer.forward(&x, mask)?;
+            }
+            Ok(x)
+        })
     }
 }

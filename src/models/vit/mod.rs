@@ -10,7 +10,7 @@ use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 pub use config::VitConfig;
 
 use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, HiddenAct};
+use crate::models::ops::{attention, by_batch_slices, HiddenAct};
 
 struct Embeddings {
     cls_token: Tensor,
@@ -157,11 +157,14 @@ impl VitModel {
 
     /// `[batch, 3, H, W]` to `[batch, tokens, hidden]` (`last_hidden_state`).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(pixels)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
-        self.layernorm.forward(&x)
+        let x = self.embeddings.forward(pixels)?;
+        by_batch_slices(&x, |x| {
+            let mut x = x.clone();
+            for layer in &self.layers {
+                x = layer.forward(&x)?;
+            }
+            self.layernorm.forward(&x)
+        })
     }
 }
 
