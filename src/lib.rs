@@ -1,6 +1,7 @@
 //! glance: caption, classify and label folders of images with Hugging Face vision–language
 //! models, on candle.
 
+pub mod alloc;
 pub mod caption;
 pub mod classify;
 pub mod device;

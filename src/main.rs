@@ -64,7 +64,9 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
     let output = output_options(&args.output, &["file", "caption", "error"], "caption")?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, cli::DEFAULT_CAPTION_MODEL)?;
+    let started = std::time::Instant::now();
     let captioner = Captioner::load(&files, &device, dtype)?;
+    timing("model loaded", started);
     if !args.run.quiet {
         eprintln!(
             "glance: {} on {} ({})",
@@ -99,6 +101,16 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
     Ok(exit_code(&report, args.run.quiet))
 }
 
+/// With `GLANCE_TIMINGS` set (the benchmark sets it), prints how long `what` took since `started`.
+fn timing(what: &str, started: std::time::Instant) {
+    if std::env::var_os("GLANCE_TIMINGS").is_some() {
+        eprintln!(
+            "glance timings: {what} in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     if let Some(name) = &args.model.pipeline {
         return run_preset(
@@ -118,7 +130,9 @@ fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     let output = output_options(&args.output, &["file", "label", "score", "error"], "label")?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, cli::DEFAULT_ZERO_SHOT_MODEL)?;
+    let started = std::time::Instant::now();
     let model = load_recognizer(&files, &device, dtype)?;
+    timing("model loaded", started);
     let mode = Mode::Classify {
         top_k: args.top_k,
         min_score: args.min_score,
@@ -128,12 +142,7 @@ fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let mut stage = ClassifyStage::new(model, labels, &templates, mode, "classify")?;
-    if std::env::var_os("GLANCE_TIMINGS").is_some() {
-        eprintln!(
-            "glance timings: labels embedded in {:.2}s",
-            started.elapsed().as_secs_f64()
-        );
-    }
+    timing("labels embedded", started);
     announce(&stage, &templates, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
@@ -414,39 +423,7 @@ fn exit_code(report: &RunReport, quiet: bool) -> ExitCode {
 // classification 2.2 s of system time per run and BLIP-base 2.3 s.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static ALLOC: ZeroByMemset = ZeroByMemset(tikv_jemallocator::Jemalloc);
-
-/// jemalloc, except that zeroed allocations (`vec![0.0; n]`, which candle and glance use for
-/// every output tensor) are plain allocations cleared with memset. jemalloc zeroes a recycled
-/// large extent with `madvise(MADV_DONTNEED)`, handing its pages back to the kernel only to fault
-/// them in again: 2 million page faults (8 GB of zeroed pages) for 11 BLIP-base captions. A memset
-/// of memory that is already mapped is far cheaper.
-#[cfg(not(target_env = "msvc"))]
-struct ZeroByMemset(tikv_jemallocator::Jemalloc);
-
-#[cfg(not(target_env = "msvc"))]
-// SAFETY: every call is forwarded to jemalloc; alloc_zeroed clears exactly the bytes it returns.
-unsafe impl std::alloc::GlobalAlloc for ZeroByMemset {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        unsafe { self.0.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = unsafe { self.0.alloc(layout) };
-        if !p.is_null() {
-            unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { self.0.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        unsafe { self.0.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOC: glance::alloc::Allocator = glance::alloc::Allocator;
 
 /// jemalloc's configuration string, read at start-up (the layout tikv-jemallocator documents).
 #[cfg(not(target_env = "msvc"))]

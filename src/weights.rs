@@ -1,10 +1,12 @@
 //! Weights to a `VarBuilder`.
 //!
-//! Safetensors files (single or sharded) are read tensor by tensor with positioned reads into
-//! the tensors' own buffers. candle's memory-mapped loader copies out of the mapping too, but the
-//! mapped pages stay resident until every tensor is loaded, so peak memory is twice the
-//! weights; reading keeps it at the weights plus one tensor. `pytorch_model.bin` goes through
-//! candle's pickle reader.
+//! Safetensors files (single or sharded): where glance's allocator is the global one (the
+//! `glance` binary), f32 tensors are the file's own pages — a private mapping whose buffers
+//! [`crate::alloc`] knows how to free — so loading copies nothing and a tensor's pages are read
+//! in when first used. Elsewhere (the library in other programs, tests) tensors are read one by
+//! one into their own buffers, which keeps memory at the weights plus one tensor, where candle's
+//! memory-mapped loader would hold every mapped page until the end. `pytorch_model.bin` goes
+//! through candle's pickle reader.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,8 +64,17 @@ struct Entry {
 /// An index of the tensors in one or more safetensors files, read on demand.
 pub struct SafetensorsFiles {
     files: Vec<(PathBuf, Mutex<File>)>,
+    /// Each file's private mapping, where [`crate::alloc::map_file`] made one.
+    mappings: Vec<Option<Mapping>>,
     entries: HashMap<String, Entry>,
 }
+
+/// A file mapping registered with [`crate::alloc`]; it lives as long as the process.
+struct Mapping(*mut u8);
+
+// SAFETY: the mapping is never unmapped, and each tensor's range is handed out to one buffer.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
 
 fn st_dtype(name: &str) -> Option<DType> {
     Some(match name {
@@ -81,6 +92,7 @@ fn st_dtype(name: &str) -> Option<DType> {
 impl SafetensorsFiles {
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
+        let mut mappings = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -122,9 +134,14 @@ impl SafetensorsFiles {
                     },
                 );
             }
+            mappings.push(crate::alloc::map_file(&file, file_len as usize).map(Mapping));
             files.push((path.clone(), Mutex::new(file)));
         }
-        Ok(Self { files, entries })
+        Ok(Self {
+            files,
+            mappings,
+            entries,
+        })
     }
 
     fn load(&self, name: &str) -> candle_core::Result<Tensor> {
@@ -134,12 +151,24 @@ impl SafetensorsFiles {
             }
             .bt()
         })?;
-        // f32 (the common case) is read straight into the tensor's buffer: safetensors stores
-        // little-endian values, which on a little-endian host are the in-memory layout, so no
-        // second copy (and no second round of page faults) is needed.
+        // f32 (the common case): safetensors stores little-endian values, which on a
+        // little-endian host are the in-memory layout, so the tensor can be the file's pages.
         #[cfg(target_endian = "little")]
         if entry.dtype == DType::F32 {
-            let mut values = vec![0f32; entry.len / 4];
+            let n = entry.len / 4;
+            if let Some(Mapping(base)) = &self.mappings[entry.file] {
+                if n > 0 && entry.start.is_multiple_of(4) {
+                    // SAFETY: the range lies in the file (checked at open), is aligned for f32,
+                    // belongs to this tensor only, and any bit pattern is a valid f32; the
+                    // mapping is private (writes stay in this process) and registered, so the
+                    // allocator frees the buffer by releasing its pages.
+                    let values = unsafe {
+                        Vec::from_raw_parts(base.add(entry.start as usize).cast::<f32>(), n, n)
+                    };
+                    return Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu);
+                }
+            }
+            let mut values = vec![0f32; n];
             // SAFETY: any bit pattern is a valid f32, and the byte view covers exactly `values`.
             let bytes = unsafe {
                 std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), entry.len)
