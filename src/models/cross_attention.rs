@@ -18,6 +18,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::models::few_rows::{dot_rows, mix_rows};
 use crate::models::linear::{axpy_fn, dot_fn};
 use crate::models::ops::with_f32_values;
 
@@ -167,24 +168,15 @@ impl CrossAttention {
             .enumerate()
             .for_each(|(img, out)| {
                 let states = &memory[img * s * e..][..s * e];
-                let query_rows: Vec<&[f32]> = (0..g)
-                    .map(|i| {
-                        let (head, k) = (i / per_image, i % per_image);
-                        &qk[(head * queries + img * per_image + k) * e..][..e]
-                    })
-                    .collect();
+                let mut rows = Vec::with_capacity(g * e);
+                for i in 0..g {
+                    let (head, k) = (i / per_image, i % per_image);
+                    rows.extend_from_slice(&qk[(head * queries + img * per_image + k) * e..][..e]);
+                }
                 let mut scores = vec![0f32; g * s];
-                for (t, state) in states.chunks_exact(e).enumerate() {
-                    for (i, row) in query_rows.iter().enumerate() {
-                        scores[i * s + t] = dot(row, state);
-                    }
-                }
+                dot_rows(&rows, g, states, s, e, &mut scores);
                 crate::models::softmax::softmax_rows(&mut scores, s);
-                for (t, state) in states.chunks_exact(e).enumerate() {
-                    for (i, o) in out.chunks_exact_mut(e).enumerate() {
-                        axpy(scores[i * s + t], state, o);
-                    }
-                }
+                mix_rows(&scores, g, states, s, e, out);
             });
         let mixed_row = |head: usize, query: usize| {
             let (img, k) = (query / per_image, query % per_image);

@@ -5,6 +5,7 @@ pub mod blip;
 pub mod clip;
 pub mod convnext;
 pub mod cross_attention;
+pub mod few_rows;
 pub mod gemm_bf16;
 pub mod gpt2;
 pub mod linear;

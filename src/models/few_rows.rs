@@ -1,0 +1,206 @@
+//! Products of a few rows (a decoding step's queries) with a row-major matrix that is streamed
+//! (an image's encoder states): `A·Bᵀ` and `P·B` without packing `B`, register-blocked with
+//! AVX-512 where the CPU has it, one dot product or axpy per pair of rows elsewhere.
+
+use crate::models::linear::{axpy_fn, dot_fn};
+
+/// `out[i·n + j] = a_i · b_j` for the `m` rows of `a` and the `n` rows of `b`, all `k` long.
+pub fn dot_rows(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the slices' lengths were checked above.
+        return unsafe { avx512::dot_rows(a, m, b, n, k, out) };
+    }
+    dot_rows_portable(a, m, b, n, k, out, 0, 0)
+}
+
+/// `out[i·k .. (i+1)·k] += Σ_j p[i·n + j] · b_j` for the `m` rows of `p` (`n` weights each)
+/// and the `n` rows of `b` (`k` long).
+pub fn mix_rows(p: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(p.len() >= m * n && b.len() >= n * k && out.len() >= m * k);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the slices' lengths were checked above.
+        return unsafe { avx512::mix_rows(p, m, b, n, k, out) };
+    }
+    mix_rows_portable(p, m, b, n, k, out, 0, 0)
+}
+
+/// [`dot_rows`] for rows `m0..` of `a` and `n0..` of `b`.
+#[allow(clippy::too_many_arguments)]
+fn dot_rows_portable(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    m0: usize,
+    n0: usize,
+) {
+    let dot = dot_fn();
+    for i in 0..m {
+        for j in 0..n {
+            if i >= m0 || j >= n0 {
+                out[i * n + j] = dot(&a[i * k..][..k], &b[j * k..][..k]);
+            }
+        }
+    }
+}
+
+/// [`mix_rows`] for rows `m0..` of `p`, and for columns `c0..` of every row.
+#[allow(clippy::too_many_arguments)]
+fn mix_rows_portable(
+    p: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    m0: usize,
+    c0: usize,
+) {
+    let axpy = axpy_fn();
+    for i in 0..m {
+        let c = if i >= m0 { 0 } else { c0 };
+        if c == k {
+            continue;
+        }
+        for j in 0..n {
+            axpy(
+                p[i * n + j],
+                &b[j * k + c..][..k - c],
+                &mut out[i * k + c..][..k - c],
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Blocks of 4 rows of `a` × 4 rows of `b` (16 accumulators) over `k` in steps of 16; the
+    /// 4 rows of `b` stay in L1 while every block of `a` passes them.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_rows(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
+        let (m4, n4, k16) = (m / 4 * 4, n / 4 * 4, k / 16 * 16);
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        for j0 in (0..n4).step_by(4) {
+            for i0 in (0..m4).step_by(4) {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                let mut c = 0;
+                while c < k16 {
+                    // SAFETY: rows i0..i0+4 < m and j0..j0+4 < n, columns c..c+16 <= k.
+                    unsafe {
+                        let bv = [0, 1, 2, 3].map(|j| _mm512_loadu_ps(pb.add((j0 + j) * k + c)));
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let av = _mm512_loadu_ps(pa.add((i0 + i) * k + c));
+                            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                                *acc = _mm512_fmadd_ps(av, *bv, *acc);
+                            }
+                        }
+                    }
+                    c += 16;
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    for (j, acc) in acc.iter().enumerate() {
+                        let (ra, rb) = ((i0 + i) * k, (j0 + j) * k);
+                        let tail: f32 = (k16..k).map(|c| a[ra + c] * b[rb + c]).sum();
+                        out[(i0 + i) * n + j0 + j] = _mm512_reduce_add_ps(*acc) + tail;
+                    }
+                }
+            }
+        }
+        super::dot_rows_portable(a, m, b, n, k, out, m4, n4);
+    }
+
+    /// Blocks of 6 rows of `p` × 32 columns (12 accumulators), summing over all `n` rows of `b`:
+    /// the 32-column strip of `b` (n × 128 bytes) stays in L2 across the blocks of `p`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn mix_rows(p: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
+        let (m6, k32) = (m / 6 * 6, k / 32 * 32);
+        let (pp, pb, po) = (p.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        for c in (0..k32).step_by(32) {
+            for i0 in (0..m6).step_by(6) {
+                // SAFETY: rows i0..i0+6 < m, columns c..c+32 <= k, weights j < n.
+                unsafe {
+                    let mut acc = [[_mm512_setzero_ps(); 2]; 6];
+                    for j in 0..n {
+                        let b0 = _mm512_loadu_ps(pb.add(j * k + c));
+                        let b1 = _mm512_loadu_ps(pb.add(j * k + c + 16));
+                        for (i, acc) in acc.iter_mut().enumerate() {
+                            let w = _mm512_set1_ps(*pp.add((i0 + i) * n + j));
+                            acc[0] = _mm512_fmadd_ps(w, b0, acc[0]);
+                            acc[1] = _mm512_fmadd_ps(w, b1, acc[1]);
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate() {
+                        let o = po.add((i0 + i) * k + c);
+                        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[0]));
+                        _mm512_storeu_ps(
+                            o.add(16),
+                            _mm512_add_ps(_mm512_loadu_ps(o.add(16)), acc[1]),
+                        );
+                    }
+                }
+            }
+        }
+        super::mix_rows_portable(p, m, b, n, k, out, m6, k32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Shapes that leave every kind of remainder: rows not a multiple of 4 or 6, columns not a
+    /// multiple of 16 or 32.
+    #[test]
+    fn blocked_products_equal_naive_ones() {
+        for (m, n, k) in [
+            (12, 577, 768),
+            (5, 7, 33),
+            (36, 50, 64),
+            (1, 3, 16),
+            (7, 9, 100),
+        ] {
+            let a = values(m * k, 1);
+            let b = values(n * k, 2);
+            let mut scores = vec![0f32; m * n];
+            dot_rows(&a, m, &b, n, k, &mut scores);
+            for i in 0..m {
+                for j in 0..n {
+                    let naive: f32 = (0..k).map(|c| a[i * k + c] * b[j * k + c]).sum();
+                    assert!(
+                        (scores[i * n + j] - naive).abs() < 1e-3,
+                        "dot {m}×{n}×{k} at {i},{j}"
+                    );
+                }
+            }
+            let p = values(m * n, 3);
+            let mut mixed = values(m * k, 4);
+            let start = mixed.clone();
+            mix_rows(&p, m, &b, n, k, &mut mixed);
+            for i in 0..m {
+                for c in 0..k {
+                    let naive: f32 =
+                        start[i * k + c] + (0..n).map(|j| p[i * n + j] * b[j * k + c]).sum::<f32>();
+                    assert!(
+                        (mixed[i * k + c] - naive).abs() < 1e-3,
+                        "mix {m}×{n}×{k} at {i},{c}"
+                    );
+                }
+            }
+        }
+    }
+}
