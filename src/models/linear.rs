@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::few_rows::dot_rows;
 use super::gemm_bf16::{self, PackedWeights};
 use super::ops::with_f32_values;
 
@@ -147,18 +148,18 @@ pub fn skinny_matmul(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     const CHUNK: usize = 32;
-    // Column-major result, so each parallel task writes a contiguous block.
+    // Each parallel task takes CHUNK weight rows and writes their columns of the result.
     let mut yt = vec![0f32; out * rows];
-    let dot = dot_fn();
     yt.par_chunks_mut(CHUNK * rows)
         .enumerate()
         .for_each(|(c, block)| {
+            let n = block.len() / rows;
+            let mut scores = vec![0f32; rows * n];
+            dot_rows(x, rows, &w[c * CHUNK * k..][..n * k], n, k, &mut scores);
             for (jj, ys) in block.chunks_mut(rows).enumerate() {
-                let j = c * CHUNK + jj;
-                let wrow = &w[j * k..(j + 1) * k];
-                let b = bias.map_or(0.0, |b| b[j]);
+                let b = bias.map_or(0.0, |b| b[c * CHUNK + jj]);
                 for (r, y) in ys.iter_mut().enumerate() {
-                    *y = dot(&x[r * k..(r + 1) * k], wrow) + b;
+                    *y = scores[r * n + jj] + b;
                 }
             }
         });
