@@ -71,6 +71,35 @@ pub fn by_batch_slices(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Res
     Tensor::cat(&parts, 0)
 }
 
+/// The transpose of a 2-D tensor, contiguous. On the CPU in f32 it is copied in 32 × 32 tiles:
+/// candle's strided copy walks the source a column at a time, which took 0.4 s for GPT-2's
+/// `Conv1D` weights at load.
+pub fn transposed(t: &Tensor) -> Result<Tensor> {
+    const TILE: usize = 32;
+    if !(matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32) {
+        return t.t()?.contiguous();
+    }
+    let (rows, cols) = t.dims2()?;
+    let mut out = vec![0f32; rows * cols];
+    if rows > 0 {
+        with_f32_values(t, |src| {
+            // Each task writes TILE rows of the result (TILE columns of the source).
+            out.par_chunks_mut(TILE * rows).enumerate().for_each(|(b, block)| {
+                let c0 = b * TILE;
+                let n = block.len() / rows;
+                for r0 in (0..rows).step_by(TILE) {
+                    for j in 0..n {
+                        for r in r0..(r0 + TILE).min(rows) {
+                            block[j * rows + r] = src[r * cols + c0 + j];
+                        }
+                    }
+                }
+            })
+        })?;
+    }
+    Tensor::from_vec(out, (cols, rows), t.device())
+}
+
 /// Calls `f` with the values of a CPU f32 tensor, in row-major order, without copying them out of
 /// the tensor (only a non-contiguous tensor is first made contiguous).
 pub(crate) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -250,6 +279,17 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    #[test]
+    fn tiled_transpose_equals_candles() -> Result<()> {
+        for (r, c) in [(1, 1), (3, 70), (65, 33), (64, 64)] {
+            let t = Tensor::randn(0f32, 1.0, (r, c), &Device::Cpu)?;
+            let ours = transposed(&t)?;
+            assert_eq!(ours.dims(), &[c, r]);
+            assert_eq!(ours.to_vec2::<f32>()?, t.t()?.to_vec2::<f32>()?);
+        }
+        Ok(())
     }
 
     #[test]

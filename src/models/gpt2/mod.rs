@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::generation::{KvCache, LayerCache, TextDecoder};
 use crate::models::cross_attention::CrossAttention;
 use crate::models::linear::Linear;
-use crate::models::ops::{attention, causal_mask, HiddenAct};
+use crate::models::ops::{attention, causal_mask, transposed, HiddenAct};
 
 /// `GPT2Config`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,7 +67,7 @@ fn d_true() -> bool {
 
 /// A `Conv1D` (`[in, out]` weight) as a [`Linear`].
 fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
+    let weight = transposed(&vb.get((in_dim, out_dim), "weight")?)?;
     Ok(Linear::new(weight, Some(vb.get(out_dim, "bias")?)))
 }
 
