@@ -77,6 +77,37 @@ impl PackedWeights {
     }
 }
 
+impl PackedWeights {
+    /// Packs the transpose of `w_t` (`k` rows of `n`: the `[in, out]` layout of GPT-2's
+    /// `Conv1D`), without transposing it first: each block of output rows is a strip of
+    /// consecutive columns, read as `NR`-long runs of every row.
+    pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), n * k, "weight is k × n");
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        if pairs > 0 {
+            data.par_chunks_mut(pairs * NR)
+                .enumerate()
+                .for_each(|(t, block)| {
+                    let (c0, lanes) = (t * NR, NR.min(n - t * NR));
+                    let (mut lo, mut hi) = ([0u16; NR], [0u16; NR]);
+                    for q in 0..pairs {
+                        convert_row(&w_t[2 * q * n + c0..][..lanes], &mut lo[..lanes]);
+                        if 2 * q + 1 < k {
+                            convert_row(&w_t[(2 * q + 1) * n + c0..][..lanes], &mut hi[..lanes]);
+                        } else {
+                            hi = [0; NR];
+                        }
+                        for i in 0..lanes {
+                            block[q * NR + i] = u32::from(lo[i]) | u32::from(hi[i]) << 16;
+                        }
+                    }
+                });
+        }
+        Self { n, k, pairs, data }
+    }
+}
+
 /// Rows of `k` values rounded to bf16 and laid out in blocks of `lanes` rows:
 /// `[ceil(rows / lanes)][ceil(k / 2)][lanes]`, each u32 holding (row[2q], row[2q + 1]) with the
 /// first in the low half. Rows past the end and, for odd `k`, the last high half are zero.
@@ -386,6 +417,17 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn packing_the_in_out_layout_equals_packing_its_transpose() {
+        for (n, k) in [(1, 1), (33, 7), (64, 64), (70, 65)] {
+            let w = random(n * k, 3 + n as u64);
+            let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let a = PackedWeights::new(&w, n, k);
+            let b = PackedWeights::from_transposed(&w_t, k, n);
+            assert_eq!((a.n, a.k, &a.data), (b.n, b.k, &b.data), "n{n} k{k}");
         }
     }
 }

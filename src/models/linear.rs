@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::few_rows::dot_rows;
+use super::few_rows::{dot_rows, mix_rows};
 use super::gemm_bf16::{self, PackedWeights};
 use super::ops::with_f32_values;
 
@@ -36,15 +36,21 @@ pub fn cpu_bf16_matmul() -> bool {
     CPU_BF16_MATMUL.load(Ordering::Relaxed)
 }
 
-/// Packs a CPU f32 `[n, k]` weight straight from its storage.
-fn pack_bf16(weight: &Tensor) -> Result<PackedWeights> {
-    let (n, k) = weight.dims2()?;
-    with_f32_values(weight, |w| PackedWeights::new(w, n, k))
+/// Packs a CPU f32 `[n, k]` weight (or `[k, n]` when `in_out`) straight from its storage.
+fn pack_bf16(weight: &Tensor, in_out: bool) -> Result<PackedWeights> {
+    let (rows, cols) = weight.dims2()?;
+    with_f32_values(weight, |w| match in_out {
+        false => PackedWeights::new(w, rows, cols),
+        true => PackedWeights::from_transposed(w, rows, cols),
+    })
 }
 
 #[derive(Debug, Clone)]
 enum Weight {
+    /// `[out, in]`, HF's `nn.Linear` layout.
     Dense(Tensor),
+    /// `[in, out]`, GPT-2's `Conv1D` layout, used as stored rather than transposed at load.
+    InOut(Tensor),
     /// Packed for [`gemm_bf16::matmul`]; the f32 tensor is not kept.
     Bf16(Arc<PackedWeights>),
 }
@@ -70,7 +76,21 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 }
 
 impl Linear {
+    /// A layer from an `[in, out]` weight (GPT-2's `Conv1D`), kept in that layout: a transposed
+    /// copy at load would cost GPT-2 base 450 MB of fresh pages that the kernel clears first.
+    pub fn from_in_out(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let mut layer = Self::new_with(weight, bias, true);
+        if let Weight::Dense(w) = &layer.weight {
+            layer.weight = Weight::InOut(w.clone());
+        }
+        layer
+    }
+
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::new_with(weight, bias, false)
+    }
+
+    fn new_with(weight: Tensor, bias: Option<Tensor>, in_out: bool) -> Self {
         let bias_host = bias
             .as_ref()
             .filter(|b| matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32)
@@ -80,7 +100,7 @@ impl Linear {
             && weight.dtype() == DType::F32
             && weight.rank() == 2
             && bias.is_some() == bias_host.is_some();
-        let weight = match packable.then(|| pack_bf16(&weight)) {
+        let weight = match packable.then(|| pack_bf16(&weight, in_out)) {
             Some(Ok(packed)) => Weight::Bf16(Arc::new(packed)),
             _ => Weight::Dense(weight),
         };
@@ -117,6 +137,32 @@ impl Module for Linear {
                     .reshape([lead, &[packed.n]].concat());
             }
             Weight::Dense(w) => w,
+            Weight::InOut(w) => {
+                let out_dim = w.dim(1)?;
+                if self.skinny_applies(w, rows) && x.dtype() == DType::F32 {
+                    let x2 = x.reshape((rows, *in_dim))?;
+                    let y = with_f32_values(&x2, |xs| {
+                        with_f32_values(w, |w| {
+                            skinny_matmul_in_out(
+                                xs,
+                                rows,
+                                w,
+                                *in_dim,
+                                out_dim,
+                                self.bias_host.as_deref(),
+                            )
+                        })
+                    })??;
+                    return Tensor::from_vec(y, (rows, out_dim), x.device())?
+                        .reshape([lead, &[out_dim]].concat());
+                }
+                let y = x.reshape((rows, *in_dim))?.matmul(w)?;
+                let y = match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                return y.reshape([lead, &[out_dim]].concat());
+            }
         };
         let out_dim = weight.dim(0)?;
         if self.skinny_applies(weight, rows) && x.dtype() == DType::F32 {
@@ -167,6 +213,40 @@ pub fn skinny_matmul(
     for j in 0..out {
         for r in 0..rows {
             y[r * out + j] = yt[j * rows + r];
+        }
+    }
+    y
+}
+
+/// `y[r, :] = x[r, :] · w + bias` for `rows` input rows and an `[k, out]` weight `w`: each
+/// parallel task takes a strip of output columns and sums the weight's rows into it
+/// ([`mix_rows`] with the weight's row stride).
+pub fn skinny_matmul_in_out(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    out: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    const STRIP: usize = 64;
+    let mut strips = vec![0f32; rows * out];
+    strips
+        .par_chunks_mut(STRIP * rows)
+        .enumerate()
+        .for_each(|(c, block)| {
+            let width = block.len() / rows;
+            mix_rows(x, rows, &w[c * STRIP..], out, k, width, block);
+        });
+    // Strip c holds rows × width values, row-major.
+    let mut y = vec![0f32; rows * out];
+    for (c, block) in strips.chunks(STRIP * rows).enumerate() {
+        let width = block.len() / rows;
+        for r in 0..rows {
+            for j in 0..width {
+                let col = c * STRIP + j;
+                y[r * out + col] = block[r * width + j] + bias.map_or(0.0, |b| b[col]);
+            }
         }
     }
     y
@@ -284,6 +364,25 @@ mod tests {
                 .broadcast_add(&b)
                 .unwrap();
             let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "rows {rows}");
+        }
+    }
+
+    #[test]
+    fn in_out_weights_equal_their_transpose() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (45, 150), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 150, &dev).unwrap();
+        let plain = Linear::new(w.t().unwrap().contiguous().unwrap(), Some(b.clone()));
+        let in_out = Linear::from_in_out(w, Some(b));
+        for rows in [1, 7, 32, 40] {
+            let x = Tensor::randn(0f32, 1.0, (2, rows, 45), &dev).unwrap();
+            let diff = (in_out.forward(&x).unwrap() - plain.forward(&x).unwrap())
                 .unwrap()
                 .abs()
                 .unwrap()

@@ -84,17 +84,19 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
     if rows > 0 {
         with_f32_values(t, |src| {
             // Each task writes TILE rows of the result (TILE columns of the source).
-            out.par_chunks_mut(TILE * rows).enumerate().for_each(|(b, block)| {
-                let c0 = b * TILE;
-                let n = block.len() / rows;
-                for r0 in (0..rows).step_by(TILE) {
-                    for j in 0..n {
-                        for r in r0..(r0 + TILE).min(rows) {
-                            block[j * rows + r] = src[r * cols + c0 + j];
+            out.par_chunks_mut(TILE * rows)
+                .enumerate()
+                .for_each(|(b, block)| {
+                    let c0 = b * TILE;
+                    let n = block.len() / rows;
+                    for r0 in (0..rows).step_by(TILE) {
+                        for j in 0..n {
+                            for r in r0..(r0 + TILE).min(rows) {
+                                block[j * rows + r] = src[r * cols + c0 + j];
+                            }
                         }
                     }
-                }
-            })
+                })
         })?;
     }
     Tensor::from_vec(out, (cols, rows), t.device())

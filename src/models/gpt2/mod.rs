@@ -2,8 +2,8 @@
 //! `VisionEncoderDecoderModel` checkpoints such as nlpconnect/vit-gpt2-image-captioning):
 //! pre-norm blocks of causal self-attention, cross-attention to the image and an MLP.
 //!
-//! GPT-2 stores its projections as `Conv1D` with `[in, out]` weights; they are transposed once
-//! at load into the `[out, in]` layout every other linear layer here uses.
+//! GPT-2 stores its projections as `Conv1D` with `[in, out]` weights; they are used in that
+//! layout ([`Linear::from_in_out`]) rather than transposed at load.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
@@ -65,10 +65,10 @@ fn d_true() -> bool {
     true
 }
 
-/// A `Conv1D` (`[in, out]` weight) as a [`Linear`].
+/// A `Conv1D` (`[in, out]` weight) as a [`Linear`] that keeps that layout.
 fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = transposed(&vb.get((in_dim, out_dim), "weight")?)?;
-    Ok(Linear::new(weight, Some(vb.get(out_dim, "bias")?)))
+    let weight = vb.get((in_dim, out_dim), "weight")?;
+    Ok(Linear::from_in_out(weight, Some(vb.get(out_dim, "bias")?)))
 }
 
 struct Block {
@@ -106,10 +106,10 @@ impl Block {
         let x = vb.pp("crossattention");
         // c_attn maps the encoder states to [key | value]: a Conv1D, `[d, 2d]`.
         let kv = x.pp("c_attn");
-        let kv_weight = kv.get((d, 2 * d), "weight")?.t()?;
+        let kv_weight = transposed(&kv.get((d, 2 * d), "weight")?)?;
         let cross = CrossAttention::new(
-            &kv_weight.narrow(0, 0, d)?.contiguous()?,
-            &kv_weight.narrow(0, d, d)?.contiguous()?,
+            &kv_weight.narrow(0, 0, d)?,
+            &kv_weight.narrow(0, d, d)?,
             Some(kv.get(2 * d, "bias")?.narrow(0, d, d)?),
             cfg.n_head,
             scale,
