@@ -79,11 +79,7 @@ impl Linear {
     /// A layer from an `[in, out]` weight (GPT-2's `Conv1D`), kept in that layout: a transposed
     /// copy at load would cost GPT-2 base 450 MB of fresh pages that the kernel clears first.
     pub fn from_in_out(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let mut layer = Self::new_with(weight, bias, true);
-        if let Weight::Dense(w) = &layer.weight {
-            layer.weight = Weight::InOut(w.clone());
-        }
-        layer
+        Self::new_with(weight, bias, true)
     }
 
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
@@ -102,6 +98,7 @@ impl Linear {
             && bias.is_some() == bias_host.is_some();
         let weight = match packable.then(|| pack_bf16(&weight, in_out)) {
             Some(Ok(packed)) => Weight::Bf16(Arc::new(packed)),
+            _ if in_out => Weight::InOut(weight),
             _ => Weight::Dense(weight),
         };
         Self {
