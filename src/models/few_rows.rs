@@ -26,7 +26,7 @@ pub fn mix_rows(p: &[f32], m: usize, b: &[f32], ldb: usize, n: usize, k: usize, 
         // SAFETY: the CPU has AVX-512F, and the slices' lengths were checked above.
         return unsafe { avx512::mix_rows(p, m, b, ldb, n, k, out) };
     }
-    mix_rows_portable(p, m, b, ldb, n, k, out, 0, 0)
+    mix_rows_portable(p, m, b, ldb, n, k, out, 0)
 }
 
 /// [`dot_rows`] for rows `m0..` of `a` and `n0..` of `b`.
@@ -51,7 +51,7 @@ fn dot_rows_portable(
     }
 }
 
-/// [`mix_rows`] for rows `m0..` of `p`, and for columns `c0..` of every row.
+/// [`mix_rows`] for columns `c0..` of every row.
 #[allow(clippy::too_many_arguments)]
 fn mix_rows_portable(
     p: &[f32],
@@ -61,20 +61,18 @@ fn mix_rows_portable(
     n: usize,
     k: usize,
     out: &mut [f32],
-    m0: usize,
     c0: usize,
 ) {
     let axpy = axpy_fn();
+    if c0 == k {
+        return;
+    }
     for i in 0..m {
-        let c = if i >= m0 { 0 } else { c0 };
-        if c == k {
-            continue;
-        }
         for j in 0..n {
             axpy(
                 p[i * n + j],
-                &b[j * ldb + c..][..k - c],
-                &mut out[i * k + c..][..k - c],
+                &b[j * ldb + c0..][..k - c0],
+                &mut out[i * k + c0..][..k - c0],
             );
         }
     }
@@ -149,7 +147,7 @@ mod avx512 {
                 }
             }
         }
-        super::mix_rows_portable(p, m, b, ldb, n, k, out, m, k32);
+        super::mix_rows_portable(p, m, b, ldb, n, k, out, k32);
     }
 
     /// Rows `i0..i0 + R` × columns `c..c + 32` of [`mix_rows`].

@@ -190,34 +190,13 @@ pub fn skinny_matmul(
     k: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    const CHUNK: usize = 32;
-    // Each parallel task takes CHUNK weight rows and writes their columns of the result.
-    let mut yt = vec![0f32; out * rows];
-    yt.par_chunks_mut(CHUNK * rows)
-        .enumerate()
-        .for_each(|(c, block)| {
-            let n = block.len() / rows;
-            let mut scores = vec![0f32; rows * n];
-            dot_rows(x, rows, &w[c * CHUNK * k..][..n * k], n, k, &mut scores);
-            for (jj, ys) in block.chunks_mut(rows).enumerate() {
-                let b = bias.map_or(0.0, |b| b[c * CHUNK + jj]);
-                for (r, y) in ys.iter_mut().enumerate() {
-                    *y = scores[r * n + jj] + b;
-                }
-            }
-        });
-    let mut y = vec![0f32; rows * out];
-    for j in 0..out {
-        for r in 0..rows {
-            y[r * out + j] = yt[j * rows + r];
-        }
-    }
-    y
+    by_column_strips(rows, out, 32, bias, |c0, width, block| {
+        dot_rows(x, rows, &w[c0 * k..][..width * k], width, k, block)
+    })
 }
 
 /// `y[r, :] = x[r, :] · w + bias` for `rows` input rows and an `[k, out]` weight `w`: each
-/// parallel task takes a strip of output columns and sums the weight's rows into it
-/// ([`mix_rows`] with the weight's row stride).
+/// strip of output columns sums the weight's rows into it ([`mix_rows`] with the row stride).
 pub fn skinny_matmul_in_out(
     x: &[f32],
     rows: usize,
@@ -226,23 +205,36 @@ pub fn skinny_matmul_in_out(
     out: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    const STRIP: usize = 64;
+    by_column_strips(rows, out, 64, bias, |c0, width, block| {
+        mix_rows(x, rows, &w[c0..], out, k, width, block)
+    })
+}
+
+/// A `[rows, out]` result computed in parallel strips of `strip` columns: `fill(c0, width,
+/// block)` adds columns `c0..c0 + width` into `block` (`rows × width`, zeroed, row-major); the
+/// strips are then gathered into rows and the bias added.
+fn by_column_strips(
+    rows: usize,
+    out: usize,
+    strip: usize,
+    bias: Option<&[f32]>,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let mut strips = vec![0f32; rows * out];
+    if rows == 0 {
+        return strips;
+    }
     strips
-        .par_chunks_mut(STRIP * rows)
+        .par_chunks_mut(strip * rows)
         .enumerate()
-        .for_each(|(c, block)| {
-            let width = block.len() / rows;
-            mix_rows(x, rows, &w[c * STRIP..], out, k, width, block);
-        });
-    // Strip c holds rows × width values, row-major.
+        .for_each(|(c, block)| fill(c * strip, block.len() / rows, block));
     let mut y = vec![0f32; rows * out];
-    for (c, block) in strips.chunks(STRIP * rows).enumerate() {
+    for (c, block) in strips.chunks(strip * rows).enumerate() {
         let width = block.len() / rows;
-        for r in 0..rows {
-            for j in 0..width {
-                let col = c * STRIP + j;
-                y[r * out + col] = block[r * width + j] + bias.map_or(0.0, |b| b[col]);
+        for (r, values) in block.chunks_exact(width).enumerate() {
+            let dst = &mut y[r * out + c * strip..][..width];
+            for (j, (d, v)) in dst.iter_mut().zip(values).enumerate() {
+                *d = v + bias.map_or(0.0, |b| b[c * strip + j]);
             }
         }
     }
