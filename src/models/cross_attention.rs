@@ -128,9 +128,10 @@ impl CrossAttention {
 impl CrossAttention {
     /// The decoding-step path on the CPU: `q` `[queries, d]` (`per_image` consecutive queries
     /// for each image of `memory` `[images, s, e]`) to the context `[queries, d]`. Each product
-    /// streams its weight or state rows once, taking all queries' dot products or updates with
-    /// each row while it is in L1, where a batched GEMM would pack an image's states (1.7 MB at
-    /// 577 × 768) for a dozen query rows on every call.
+    /// streams its weight or state rows, taking all queries' dot products or updates with a few
+    /// rows at a time while they are in L1 (the states' products in the register-blocked
+    /// [`dot_rows`] / [`mix_rows`]), where a batched GEMM would pack an image's states (1.7 MB
+    /// at 577 × 768) for a dozen query rows on every call.
     fn attend_streaming(
         &self,
         q: &[f32],
