@@ -8,7 +8,8 @@
 //! private file mapping come from the page cache without clearing or copying. A buffer inside a
 //! mapping is never passed to jemalloc: freeing it hands its pages back with `MADV_DONTNEED` (the
 //! mapping itself stays for the life of the process; only its address range is kept), and
-//! reallocating it copies it out.
+//! reallocating it copies it out. As with any memory-mapped loader, a weights file truncated
+//! while glance runs ends the process with `SIGBUS`; the Hub cache never rewrites a blob in place.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
