@@ -2,8 +2,8 @@
 //! `VisionEncoderDecoderModel` checkpoints such as nlpconnect/vit-gpt2-image-captioning):
 //! pre-norm blocks of causal self-attention, cross-attention to the image and an MLP.
 //!
-//! GPT-2 stores its projections as `Conv1D` with `[in, out]` weights; they are used in that
-//! layout ([`Linear::from_in_out`]) rather than transposed at load.
+//! GPT-2 stores its projections as `Conv1D` with `[in, out]` weights; [`Linear::from_in_out`]
+//! packs them for bf16 from that layout, or transposes them once for f32.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
@@ -65,10 +65,10 @@ fn d_true() -> bool {
     true
 }
 
-/// A `Conv1D` (`[in, out]` weight) as a [`Linear`] that keeps that layout.
+/// A `Conv1D` (`[in, out]` weight) as a [`Linear`].
 fn conv1d(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((in_dim, out_dim), "weight")?;
-    Ok(Linear::from_in_out(weight, Some(vb.get(out_dim, "bias")?)))
+    Linear::from_in_out(weight, Some(vb.get(out_dim, "bias")?))
 }
 
 struct Block {
