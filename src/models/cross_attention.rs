@@ -177,7 +177,7 @@ impl CrossAttention {
                 let mut scores = vec![0f32; g * s];
                 dot_rows(&rows, g, states, s, e, &mut scores);
                 crate::models::softmax::softmax_rows(&mut scores, s);
-                mix_rows(&scores, g, states, e, s, e, out);
+                mix_rows(&scores, g, states, s, e, out);
             });
         let mixed_row = |head: usize, query: usize| {
             let (img, k) = (query / per_image, query % per_image);

@@ -16,17 +16,15 @@ pub fn dot_rows(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f
 }
 
 /// `out[i·k .. (i+1)·k] += Σ_j p[i·n + j] · b_j` for the `m` rows of `p` (`n` weights each)
-/// and the `n` rows of `b`, `k` long, each starting `ldb` after the previous one (`ldb > k`
-/// takes a strip of columns of a wider matrix).
-pub fn mix_rows(p: &[f32], m: usize, b: &[f32], ldb: usize, n: usize, k: usize, out: &mut [f32]) {
-    assert!(ldb >= k && p.len() >= m * n && out.len() >= m * k);
-    assert!(n == 0 || b.len() >= (n - 1) * ldb + k);
+/// and the `n` rows of `b` (`k` long).
+pub fn mix_rows(p: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    assert!(p.len() >= m * n && b.len() >= n * k && out.len() >= m * k);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F, and the slices' lengths were checked above.
-        return unsafe { avx512::mix_rows(p, m, b, ldb, n, k, out) };
+        return unsafe { avx512::mix_rows(p, m, b, n, k, out) };
     }
-    mix_rows_portable(p, m, b, ldb, n, k, out, 0)
+    mix_rows_portable(p, m, b, n, k, out, 0)
 }
 
 /// [`dot_rows`] for rows `m0..` of `a` and `n0..` of `b`.
@@ -52,12 +50,10 @@ fn dot_rows_portable(
 }
 
 /// [`mix_rows`] for columns `c0..` of every row.
-#[allow(clippy::too_many_arguments)]
 fn mix_rows_portable(
     p: &[f32],
     m: usize,
     b: &[f32],
-    ldb: usize,
     n: usize,
     k: usize,
     out: &mut [f32],
@@ -71,7 +67,7 @@ fn mix_rows_portable(
         for j in 0..n {
             axpy(
                 p[i * n + j],
-                &b[j * ldb + c0..][..k - c0],
+                &b[j * k + c0..][..k - c0],
                 &mut out[i * k + c0..][..k - c0],
             );
         }
@@ -121,15 +117,7 @@ mod avx512 {
     /// smaller), summing over all `n` rows of `b`: the 32-column strip of `b` (n × 128 bytes)
     /// stays in L2 across the blocks of `p`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn mix_rows(
-        p: &[f32],
-        m: usize,
-        b: &[f32],
-        ldb: usize,
-        n: usize,
-        k: usize,
-        out: &mut [f32],
-    ) {
+    pub unsafe fn mix_rows(p: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
         let k32 = k / 32 * 32;
         for c in (0..k32).step_by(32) {
             for i0 in (0..m).step_by(6) {
@@ -137,17 +125,17 @@ mod avx512 {
                 // caller's assertions on the slices).
                 unsafe {
                     match m - i0 {
-                        1 => mix_block::<1>(p, i0, b, ldb, n, k, c, out),
-                        2 => mix_block::<2>(p, i0, b, ldb, n, k, c, out),
-                        3 => mix_block::<3>(p, i0, b, ldb, n, k, c, out),
-                        4 => mix_block::<4>(p, i0, b, ldb, n, k, c, out),
-                        5 => mix_block::<5>(p, i0, b, ldb, n, k, c, out),
-                        _ => mix_block::<6>(p, i0, b, ldb, n, k, c, out),
+                        1 => mix_block::<1>(p, i0, b, n, k, c, out),
+                        2 => mix_block::<2>(p, i0, b, n, k, c, out),
+                        3 => mix_block::<3>(p, i0, b, n, k, c, out),
+                        4 => mix_block::<4>(p, i0, b, n, k, c, out),
+                        5 => mix_block::<5>(p, i0, b, n, k, c, out),
+                        _ => mix_block::<6>(p, i0, b, n, k, c, out),
                     }
                 }
             }
         }
-        super::mix_rows_portable(p, m, b, ldb, n, k, out, k32);
+        super::mix_rows_portable(p, m, b, n, k, out, k32);
     }
 
     /// Rows `i0..i0 + R` × columns `c..c + 32` of [`mix_rows`].
@@ -158,7 +146,6 @@ mod avx512 {
         p: &[f32],
         i0: usize,
         b: &[f32],
-        ldb: usize,
         n: usize,
         k: usize,
         c: usize,
@@ -169,8 +156,8 @@ mod avx512 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             for j in 0..n {
-                let b0 = _mm512_loadu_ps(pb.add(j * ldb + c));
-                let b1 = _mm512_loadu_ps(pb.add(j * ldb + c + 16));
+                let b0 = _mm512_loadu_ps(pb.add(j * k + c));
+                let b1 = _mm512_loadu_ps(pb.add(j * k + c + 16));
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let w = _mm512_set1_ps(*pp.add((i0 + i) * n + j));
                     acc[0] = _mm512_fmadd_ps(w, b0, acc[0]);
@@ -225,7 +212,7 @@ mod tests {
             let p = values(m * n, 3);
             let mut mixed = values(m * k, 4);
             let start = mixed.clone();
-            mix_rows(&p, m, &b, k, n, k, &mut mixed);
+            mix_rows(&p, m, &b, n, k, &mut mixed);
             for i in 0..m {
                 for c in 0..k {
                     let naive: f32 =

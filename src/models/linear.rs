@@ -170,36 +170,26 @@ pub fn skinny_matmul(
     k: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    by_column_strips(rows, out, 32, bias, |c0, width, block| {
-        dot_rows(x, rows, &w[c0 * k..][..width * k], width, k, block)
-    })
-}
-
-/// A `[rows, out]` result computed in parallel strips of `strip` columns: `fill(c0, width,
-/// block)` adds columns `c0..c0 + width` into `block` (`rows × width`, zeroed, row-major); the
-/// strips are then gathered into rows and the bias added.
-fn by_column_strips(
-    rows: usize,
-    out: usize,
-    strip: usize,
-    bias: Option<&[f32]>,
-    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+    const STRIP: usize = 32;
     let mut strips = vec![0f32; rows * out];
     if rows == 0 {
         return strips;
     }
+    // Each parallel task takes STRIP weight rows: their columns of the result, rows × width.
     strips
-        .par_chunks_mut(strip * rows)
+        .par_chunks_mut(STRIP * rows)
         .enumerate()
-        .for_each(|(c, block)| fill(c * strip, block.len() / rows, block));
+        .for_each(|(c, block)| {
+            let width = block.len() / rows;
+            dot_rows(x, rows, &w[c * STRIP * k..][..width * k], width, k, block)
+        });
     let mut y = vec![0f32; rows * out];
-    for (c, block) in strips.chunks(strip * rows).enumerate() {
+    for (c, block) in strips.chunks(STRIP * rows).enumerate() {
         let width = block.len() / rows;
         for (r, values) in block.chunks_exact(width).enumerate() {
-            let dst = &mut y[r * out + c * strip..][..width];
+            let dst = &mut y[r * out + c * STRIP..][..width];
             for (j, (d, v)) in dst.iter_mut().zip(values).enumerate() {
-                *d = v + bias.map_or(0.0, |b| b[c * strip + j]);
+                *d = v + bias.map_or(0.0, |b| b[c * STRIP + j]);
             }
         }
     }
