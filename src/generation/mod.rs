@@ -23,13 +23,13 @@ pub struct LayerCache {
 ///
 /// The encoder states hold one row per image; the decoder runs `group` consecutive rows per
 /// image (beams, or several samples), which share them instead of copying them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     pub seq_len: usize,
     pub group: usize,
     /// `[images, positions, dim]`.
-    pub memory: Option<Tensor>,
+    pub memory: Tensor,
 }
 
 impl KvCache {
@@ -40,15 +40,8 @@ impl KvCache {
             layers: vec![LayerCache::default(); layers],
             seq_len: 0,
             group: 1,
-            memory: Some(memory),
+            memory,
         }
-    }
-
-    /// The encoder states, `[images, positions, dim]`.
-    pub fn memory(&self) -> candle_core::Result<&Tensor> {
-        self.memory.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg("the decoder cache has no encoder states".into())
-        })
     }
 
     /// Runs `group` rows per image from now on (before the first step).
@@ -75,9 +68,8 @@ impl KvCache {
             self.group = 1;
             rows.iter().map(|r| r / group).collect()
         };
-        let current = self.memory.as_ref().map(|m| m.dim(0)).transpose()?;
-        let unchanged =
-            current == Some(images.len()) && images.iter().enumerate().all(|(i, &m)| i as u32 == m);
+        let unchanged = self.memory.dim(0)? == images.len()
+            && images.iter().enumerate().all(|(i, &m)| i as u32 == m);
         let rows = Tensor::new(rows, device)?;
         for layer in &mut self.layers {
             if let Some((k, v)) = &layer.self_kv {
@@ -85,9 +77,7 @@ impl KvCache {
             }
         }
         if !unchanged {
-            if let Some(m) = &self.memory {
-                self.memory = Some(m.index_select(&Tensor::new(images, device)?, 0)?);
-            }
+            self.memory = self.memory.index_select(&Tensor::new(images, device)?, 0)?;
         }
         Ok(())
     }

@@ -233,7 +233,7 @@ impl TextDecoder for TextDecoderModel {
         };
         let mut x = x;
         let group = cache.group.max(1);
-        let memory = cache.memory()?.clone();
+        let memory = cache.memory.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, layer_cache, &memory, group, mask.as_ref())?;
         }

@@ -250,7 +250,7 @@ impl TextDecoder for Gpt2Decoder {
             None
         };
         let group = cache.group.max(1);
-        let memory = cache.memory()?.clone();
+        let memory = cache.memory.clone();
         for (block, layer_cache) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward(&x, layer_cache, &memory, group, mask.as_ref())?;
         }
