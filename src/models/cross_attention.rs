@@ -224,7 +224,11 @@ mod tests {
     ) -> Result<Tensor> {
         let (rows, n, d) = q.dims3()?;
         let hd = d / heads;
-        let memory = memory.repeat_interleave(group)?;
+        // Each image's states once per row of its group.
+        let ids: Vec<u32> = (0..memory.dim(0)? * group)
+            .map(|r| (r / group) as u32)
+            .collect();
+        let memory = memory.index_select(&Tensor::new(ids, memory.device())?, 0)?;
         let split = |x: Tensor| -> Result<Tensor> {
             let (b, s, _) = x.dims3()?;
             x.reshape((b, s, heads, hd))?.transpose(1, 2)?.contiguous()
@@ -239,19 +243,6 @@ mod tests {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((rows, n, d))
-    }
-
-    trait RepeatRows {
-        fn repeat_interleave(&self, group: usize) -> Result<Tensor>;
-    }
-
-    impl RepeatRows for Tensor {
-        fn repeat_interleave(&self, group: usize) -> Result<Tensor> {
-            let ids: Vec<u32> = (0..self.dim(0)? * group)
-                .map(|r| (r / group) as u32)
-                .collect();
-            self.index_select(&Tensor::new(ids, self.device())?, 0)
-        }
     }
 
     #[test]
@@ -276,11 +267,7 @@ mod tests {
             let folded = CrossAttention::new(&wk, &wv, Some(bv.clone()), heads, 1.0 / 8f64.sqrt())?
                 .attend(&q, &memory, group)?;
             let plain = reference(&q, &memory, [&wk, &bk, &wv, &bv], heads, group)?;
-            let diff = (folded - plain)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let diff = crate::models::max_abs_diff(&folded, &plain);
             assert!(
                 diff < 1e-4,
                 "{images} images × {group} rows × {n} positions: {diff}"

@@ -307,13 +307,8 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b)
                 .unwrap();
-            let diff = (ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "rows {rows}");
+            let diff = crate::models::max_abs_diff(&ours, &reference);
+            assert!(diff < 1e-4, "rows {rows}");
         }
     }
 
@@ -326,13 +321,11 @@ mod tests {
         let in_out = Linear::from_in_out(w, Some(b)).unwrap();
         for rows in [1, 7, 32, 40] {
             let x = Tensor::randn(0f32, 1.0, (2, rows, 45), &dev).unwrap();
-            let diff = (in_out.forward(&x).unwrap() - plain.forward(&x).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "rows {rows}");
+            let diff = crate::models::max_abs_diff(
+                &in_out.forward(&x).unwrap(),
+                &plain.forward(&x).unwrap(),
+            );
+            assert!(diff < 1e-4, "rows {rows}");
         }
     }
 

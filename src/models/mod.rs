@@ -20,6 +20,14 @@ pub mod vit;
 use candle_core::Tensor;
 use serde_json::Value;
 
+/// The largest absolute difference between two tensors of one shape, for unit tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}
+
 use crate::error::{Error, Result};
 use crate::generation::{StopTokens, TextDecoder};
 

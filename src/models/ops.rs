@@ -273,14 +273,7 @@ mod tests {
             .unwrap()
             .matmul(v)
             .unwrap();
-        (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::models::max_abs_diff(&got, &want)
     }
 
     #[test]

@@ -142,14 +142,7 @@ mod tests {
         let x = x.broadcast_add(&Tensor::new(mask, &dev).unwrap()).unwrap();
         let ours = softmax_last_dim(&x).unwrap();
         let reference = candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let diff = (&ours - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::models::max_abs_diff(&ours, &reference);
         assert!(diff < 1e-6, "{diff}");
         let masked = ours
             .narrow(2, 31, 6)
