@@ -186,10 +186,8 @@ fn bf16_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
                     let keys = PackedWeights::new(&ks[bh * s * d..][..s * d], s, d);
                     let mut scores = matmul(&qh, n, &keys, None);
                     crate::models::softmax::softmax_rows(&mut scores, s);
-                    // P·V as P·(Vᵀ)ᵀ: the kernel's weights are Vᵀ, d rows of s.
-                    let vh = &vs[bh * s * d..][..s * d];
-                    let vt: Vec<f32> = (0..d * s).map(|i| vh[(i % s) * d + i / s]).collect();
-                    let values = PackedWeights::new(&vt, d, s);
+                    // P·V as P·(Vᵀ)ᵀ: the kernel's weights are Vᵀ, packed straight from V.
+                    let values = PackedWeights::from_transposed(&vs[bh * s * d..][..s * d], s, d);
                     o.copy_from_slice(&matmul(&scores, n, &values, None));
                 })
             })
