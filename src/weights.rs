@@ -8,7 +8,7 @@
 //! memory-mapped loader would hold every mapped page until the end. `pytorch_model.bin` goes
 //! through candle's pickle reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -59,6 +59,8 @@ struct Entry {
     /// Absolute byte range in the file.
     start: u64,
     len: usize,
+    /// No other tensor's bytes overlap this one's, so a buffer in the mapping can own them.
+    exclusive: bool,
 }
 
 /// An index of the tensors in one or more safetensors files, read on demand.
@@ -67,12 +69,39 @@ pub struct SafetensorsFiles {
     /// Each file's private mapping, where [`crate::alloc::map_file`] made one.
     mappings: Vec<Option<Mapping>>,
     entries: HashMap<String, Entry>,
+    /// Tensors already handed out as buffers in a mapping: a second load of one is read
+    /// instead, so no two buffers own the same bytes.
+    mapped: Mutex<HashSet<String>>,
+}
+
+/// Clears `exclusive` on entries whose byte ranges overlap another's (a well-formed file has
+/// none; such tensors are read rather than mapped).
+fn mark_overlaps(entries: &mut HashMap<String, Entry>) {
+    let mut ranges: Vec<(usize, u64, u64, String)> = entries
+        .iter()
+        .map(|(name, e)| (e.file, e.start, e.start + e.len as u64, name.clone()))
+        .collect();
+    ranges.sort();
+    let mut overlapping = HashSet::new();
+    for pair in ranges.windows(2) {
+        let ((f0, _, end0, n0), (f1, start1, _, n1)) = (&pair[0], &pair[1]);
+        if f0 == f1 && start1 < end0 {
+            overlapping.insert(n0.clone());
+            overlapping.insert(n1.clone());
+        }
+    }
+    for name in overlapping {
+        if let Some(e) = entries.get_mut(&name) {
+            e.exclusive = false;
+        }
+    }
 }
 
 /// A file mapping registered with [`crate::alloc`]; it lives as long as the process.
 struct Mapping(*mut u8);
 
-// SAFETY: the mapping is never unmapped, and each tensor's range is handed out to one buffer.
+// SAFETY: the mapping is never unmapped, and each tensor's range is handed out to one buffer
+// at most (see `SafetensorsFiles::load`).
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
@@ -131,16 +160,19 @@ impl SafetensorsFiles {
                         shape: info.shape,
                         start: data_start + a,
                         len: expected,
+                        exclusive: true,
                     },
                 );
             }
             mappings.push(crate::alloc::map_file(&file, file_len as usize).map(Mapping));
             files.push((path.clone(), Mutex::new(file)));
         }
+        mark_overlaps(&mut entries);
         Ok(Self {
             files,
             mappings,
             entries,
+            mapped: Mutex::new(HashSet::new()),
         })
     }
 
@@ -157,11 +189,16 @@ impl SafetensorsFiles {
         if entry.dtype == DType::F32 {
             let n = entry.len / 4;
             if let Some(Mapping(base)) = &self.mappings[entry.file] {
-                if n > 0 && entry.start.is_multiple_of(4) {
+                let first_time = || {
+                    let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+                    mapped.insert(name.to_string())
+                };
+                if n > 0 && entry.exclusive && entry.start.is_multiple_of(4) && first_time() {
                     // SAFETY: the range lies in the file (checked at open), is aligned for f32,
-                    // belongs to this tensor only, and any bit pattern is a valid f32; the
-                    // mapping is private (writes stay in this process) and registered, so the
-                    // allocator frees the buffer by releasing its pages.
+                    // overlaps no other tensor and is handed out once (`exclusive`, `mapped`),
+                    // and any bit pattern is a valid f32; the mapping is private (writes stay in
+                    // this process) and registered, so the allocator frees the buffer by
+                    // releasing its pages.
                     let values = unsafe {
                         Vec::from_raw_parts(base.add(entry.start as usize).cast::<f32>(), n, n)
                     };
@@ -263,5 +300,26 @@ mod tests {
         std::fs::write(&junk, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
         let err = SafetensorsFiles::open(&[junk]).err().unwrap().to_string();
         assert!(err.contains("not a safetensors file"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_tensors_are_not_exclusive() {
+        let entry = |file, start, len| Entry {
+            file,
+            dtype: DType::F32,
+            shape: vec![len / 4],
+            start,
+            len,
+            exclusive: true,
+        };
+        let mut entries = HashMap::from([
+            ("a".to_string(), entry(0, 0, 16)),
+            ("b".to_string(), entry(0, 16, 16)),
+            ("c".to_string(), entry(0, 24, 16)),
+            ("d".to_string(), entry(1, 24, 16)),
+        ]);
+        mark_overlaps(&mut entries);
+        let exclusive: Vec<bool> = ["a", "b", "c", "d"].map(|n| entries[n].exclusive).to_vec();
+        assert_eq!(exclusive, [true, false, false, true]);
     }
 }
