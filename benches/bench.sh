@@ -45,6 +45,10 @@
 #   TOP_K [5]   THREADS: torch.set_num_threads for transformers [torch's default]
 #   DTYPE [f32]: glance --dtype (bf16: on a CPU with AVX512-BF16, bf16 matmuls with f32 activations)
 #   TF_DTYPE [float32]: transformers' torch dtype (bfloat16 to compare like with like)
+#   DEVICE [cpu]: both sides' device (cuda, cuda:N: glance built with --features cuda, torch with
+#   CUDA; transformers' times then end with torch.cuda.synchronize, and its JSON lines add the peak
+#   GPU memory)   IMAGES_TIMES [1]: run on a folder holding each image of IMAGES this many times
+#   (copies under BENCH_OUT), so that large batches fill a GPU
 #
 # Vision tower GFLOP/s: GFLOP per image from benches/vision_flops.py (config.json) divided by the
 # tower's seconds per image — glance's from GLANCE_TIMINGS (every batch of the run, the cold first
@@ -68,6 +72,8 @@ LABELS_FILE=${LABELS_FILE:-benches/labels-1000.txt}
 [ -n "${TEMPLATE:-}" ] || TEMPLATE='a photo of a {}.'
 TOP_K=${TOP_K:-5}
 THREADS=${THREADS:-}
+DEVICE=${DEVICE:-cpu}
+IMAGES_TIMES=${IMAGES_TIMES:-1}
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -117,7 +123,19 @@ fi
 
 OUT="$OUT_ROOT/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
+if [ "$IMAGES_TIMES" -gt 1 ]; then
+    many="$OUT_ROOT/images-x$IMAGES_TIMES"
+    if [ ! -d "$many" ]; then
+        echo "copying each image of $IMAGES $IMAGES_TIMES times into $many ..." >&2
+        mkdir -p "$many.tmp"
+        for i in $(seq 1 "$IMAGES_TIMES"); do
+            mkdir -p "$many.tmp/$i" && cp -r "$IMAGES"/. "$many.tmp/$i/"
+        done
+        mv "$many.tmp" "$many"
+    fi
+    IMAGES=$many
+fi
+echo "device: $DEVICE   machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" >&2
 echo "glance: $("$GLANCE" --version 2>&1)   python: $("$PYTHON" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>/dev/null)" >&2
 echo "images: $IMAGES   logs and outputs: $OUT" >&2
 
@@ -175,10 +193,10 @@ for c in "${RUN_CASES[@]}"; do
     vis_gflop=$("$PYTHON" benches/vision_flops.py "$MODELS/$model")
     if [ "$kind" = caption ]; then
         HAS_CAPTION=1
-        tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH"
+        tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH" --device "$DEVICE"
                 --num-beams "$arg" --new-tokens "$NEW_TOKENS" --out "$OUT/$name.transformers.jsonl")
         beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
-        gl_cmd=(caption --model "$MODELS/$model" --dtype "$DTYPE" --batch-size "$BATCH"
+        gl_cmd=(caption --model "$MODELS/$model" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH"
                 --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
     else
         HAS_CLASSIFY=1
@@ -186,9 +204,9 @@ for c in "${RUN_CASES[@]}"; do
         [ -f "$labels" ] || head -n "$arg" "$LABELS_FILE" >"$labels"
         got=$(grep -c . "$labels" || true)
         [ "$got" -ge "$arg" ] || die "$name needs $arg labels, $LABELS_FILE has $got non-empty lines"
-        tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS"
+        tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS" --device "$DEVICE"
                 --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K" --output "$OUT/$name.transformers.jsonl")
-        gl_cmd=(classify --model "$MODELS/$model" --dtype "$DTYPE" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
+        gl_cmd=(classify --model "$MODELS/$model" --device "$DEVICE" --dtype "$DTYPE" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
                 -b "$BATCH_ZS")
     fi
     for r in $(seq 1 "$REPEAT"); do
@@ -239,7 +257,7 @@ settings=()
 [ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens")
 [ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, template \"$TEMPLATE\", top $TOP_K")
 echo
-summary="glance ($DTYPE) vs transformers ($TF_DTYPE), $tf_n images from $IMAGES, best of $REPEAT, $(nproc) CPUs"
+summary="glance ($DTYPE) vs transformers ($TF_DTYPE), $tf_n images from $IMAGES, best of $REPEAT, $DEVICE, $(nproc) CPUs"
 for x in "${settings[@]}"; do summary+="; $x"; done
 echo "$summary"
 printf '%-18s %9s %9s %9s %9s %9s %8s %9s %9s\n' case "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load" "tf vis GF" "gl vis GF"

@@ -30,7 +30,7 @@ repository root:
 
     venv/bin/python benches/transformers_caption.py --model bench-models/blip-base \\
         --images ../shared/images --batch-size 8 --num-beams 1 --new-tokens 20 [--threads 2] \\
-        [--dtype float32] [--use-fast] [--out captions.jsonl]
+        [--dtype float32] [--device cpu] [--use-fast] [--out captions.jsonl]
     venv/bin/python benches/transformers_caption.py --model bench-models/vit-gpt2 ...
 """
 
@@ -65,6 +65,18 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix[1:].lower() in IMAGE_EXTENSIONS)
 
 
+def sync(device: torch.device) -> None:
+    """Waits for the GPU's queued work, so that a time taken next includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gpu_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="local model directory in Hugging Face layout")
@@ -74,6 +86,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
     ap.add_argument("--use-fast", action="store_true", help="fast (torchvision) image processor instead of PIL")
     ap.add_argument("--out", type=Path, help="write {path, caption} JSON lines here")
     args = ap.parse_args()
@@ -81,6 +94,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
     paths = list_images(args.images)
     if not paths:
         ap.error(f"no images in {args.images}")
@@ -92,7 +106,8 @@ def main() -> int:
         proc_kw = {"use_fast": args.use_fast}
     image_processor = AutoImageProcessor.from_pretrained(args.model, **proc_kw)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).eval()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).eval().to(device)
+    sync(device)
     load_s = time.perf_counter() - t
     if getattr(image_processor, "do_convert_rgb", None):
         open_image, image_loading = Image.open, "PIL.Image.open"
@@ -111,10 +126,11 @@ def main() -> int:
         for start in range(0, len(paths), args.batch_size):
             batch = [open_image(p) for p in paths[start : start + args.batch_size]]
             inputs = image_processor(images=batch, return_tensors="pt")
+            pixel_values = inputs["pixel_values"].to(device=device, dtype=dtype)
             if start == 0:
-                first_pixels = inputs["pixel_values"].to(dtype)
-            ids = model.generate(pixel_values=inputs["pixel_values"].to(dtype), **gen)
-            captions += tokenizer.batch_decode(ids, skip_special_tokens=True)
+                first_pixels = pixel_values
+            ids = model.generate(pixel_values=pixel_values, **gen)
+            captions += tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
             for im in batch:
                 im.close()
             print(f"{len(captions)}/{len(paths)} images, {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
@@ -125,6 +141,7 @@ def main() -> int:
     with torch.inference_mode():
         t = time.perf_counter()
         tower(pixel_values=first_pixels)
+        sync(device)
         vision_s_per_image = (time.perf_counter() - t) / first_pixels.shape[0]
 
     if args.out:
@@ -141,12 +158,14 @@ def main() -> int:
         "num_beams": args.num_beams,
         "new_tokens": args.new_tokens,
         "dtype": args.dtype,
+        "device": str(device),
         "import_s": round(IMPORT_S, 3),
         "load_s": round(load_s, 3),
         "run_s": round(run_s, 3),
         "images_per_s": round(len(paths) / run_s, 4),
         "vision_s_per_image": round(vision_s_per_image, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": peak_gpu_mb(device),
         "torch_threads": torch.get_num_threads(),
         "image_processor": type(image_processor).__name__,
         "image_processor_args": proc_kw,

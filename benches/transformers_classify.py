@@ -74,6 +74,18 @@ def l2n(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
+def sync(device: torch.device) -> None:
+    """Waits for the GPU's queued work, so that a time taken next includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gpu_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="local CLIP / SigLIP directory in Hugging Face layout")
@@ -85,6 +97,7 @@ def main() -> int:
     ap.add_argument("--text-batch-size", type=int, default=256, help="prompts per text forward pass (default 256)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N")
     ap.add_argument("--use-fast", action="store_true", help="fast (torchvision) image processor instead of PIL")
     ap.add_argument("--output", "--out", dest="output", type=Path, help="write {file, label, score, predictions} JSON lines here")
     args = ap.parse_args()
@@ -92,6 +105,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
     paths = list_images(args.images)
     if not paths:
         ap.error(f"no images in {args.images}")
@@ -108,7 +122,8 @@ def main() -> int:
     else:
         proc_kw = {"use_fast": args.use_fast}
     processor = AutoProcessor.from_pretrained(args.model, **proc_kw)
-    model = AutoModel.from_pretrained(args.model, dtype=dtype).eval()
+    model = AutoModel.from_pretrained(args.model, dtype=dtype).eval().to(device)
+    sync(device)
     load_s = time.perf_counter() - t
     model_type = model.config.model_type
     if model_type not in ("clip", "siglip"):
@@ -125,10 +140,11 @@ def main() -> int:
     with torch.inference_mode():
         chunks = []
         for start in range(0, len(prompts), args.text_batch_size):
-            text_inputs = processor(text=prompts[start : start + args.text_batch_size], return_tensors="pt", **text_kw)
+            text_inputs = processor(text=prompts[start : start + args.text_batch_size], return_tensors="pt", **text_kw).to(device)
             token_lengths.append(int(text_inputs["input_ids"].shape[1]))
             chunks.append(l2n(pooled(model.get_text_features(**text_inputs)).float()))
         text_embeds = torch.cat(chunks)  # [L, D]
+        sync(device)
         text_s = time.perf_counter() - t
         scale = model.logit_scale.float().exp()
         bias = model.logit_bias.float() if siglip else None
@@ -136,7 +152,7 @@ def main() -> int:
         for start in range(0, len(paths), args.batch_size):
             batch_paths = paths[start : start + args.batch_size]
             batch = [Image.open(p) for p in batch_paths]
-            pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(dtype)
+            pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
             if start == 0:
                 first_pixels = pixel_values
             image_embeds = l2n(pooled(model.get_image_features(pixel_values=pixel_values)).float())
@@ -158,6 +174,7 @@ def main() -> int:
     with torch.inference_mode():
         t = time.perf_counter()
         model.get_image_features(pixel_values=first_pixels)
+        sync(device)
         vision_s_per_image = (time.perf_counter() - t) / first_pixels.shape[0]
 
     if args.output:
@@ -178,6 +195,7 @@ def main() -> int:
         "text_batch_size": args.text_batch_size,
         "text_tokens": max(token_lengths),
         "dtype": args.dtype,
+        "device": str(device),
         "import_s": round(IMPORT_S, 3),
         "load_s": round(load_s, 3),
         "text_s": round(text_s, 3),
@@ -186,6 +204,7 @@ def main() -> int:
         "images_per_s": round(len(paths) / run_s, 4),
         "vision_s_per_image": round(vision_s_per_image, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": peak_gpu_mb(device),
         "torch_threads": torch.get_num_threads(),
         "image_processor": type(processor.image_processor).__name__,
         "image_processor_args": proc_kw,

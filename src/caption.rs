@@ -172,8 +172,13 @@ impl Captioner {
         params: &GenerationParams,
         seeds: &[u64],
     ) -> Result<Vec<Vec<Caption>>> {
+        let timings = std::env::var_os("GLANCE_TIMINGS").is_some();
         let started = std::time::Instant::now();
         let features = self.encode(pixels)?;
+        if timings {
+            // A GPU returns before its work is done: wait for it, so the split is honest.
+            pixels.device().synchronize()?;
+        }
         let encoded = started.elapsed();
         let generated = generation::generate(
             self.parts.decoder.as_ref(),
@@ -183,7 +188,7 @@ impl Captioner {
             &self.parts.stop,
             seeds,
         )?;
-        if std::env::var_os("GLANCE_TIMINGS").is_some() {
+        if timings {
             eprintln!(
                 "glance timings: batch {} encode {:.2}s generate {:.2}s",
                 pixels.dim(0)?,

@@ -235,6 +235,7 @@ impl ClassifyStage {
 
     /// Score rows `[b][labels]` for a batch of pixel buffers, as this stage's mode reads them.
     pub fn score_pixels(&self, pixels: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        let timings = std::env::var_os("GLANCE_TIMINGS").is_some();
         let started = std::time::Instant::now();
         // The image tower's share, for GLANCE_TIMINGS.
         let encoded;
@@ -242,6 +243,10 @@ impl ClassifyStage {
             Scorer::ZeroShot { model, text_embeds } => {
                 let tensor = model.pixels_to_tensor(pixels)?;
                 let image_embeds = model.embed_images(&tensor)?;
+                if timings {
+                    // A GPU returns before its work is done: wait for it, so the split is honest.
+                    image_embeds.device().synchronize()?;
+                }
                 encoded = started.elapsed();
                 if self.per_label() {
                     model.independent_scores(&image_embeds, text_embeds)?
@@ -256,7 +261,7 @@ impl ClassifyStage {
             }
         };
         let rows = scores.to_vec2::<f32>()?;
-        if std::env::var_os("GLANCE_TIMINGS").is_some() {
+        if timings {
             eprintln!(
                 "glance timings: batch {} encode {:.2}s scored in {:.2}s",
                 pixels.len(),
