@@ -241,7 +241,11 @@ impl Block {
             .reshape((b * nh * nw, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let mut bias = self.position_bias(x.device())?.unsqueeze(0)?;
+        // In f32 with the (f32) shift mask, then in the model's dtype like the scores.
+        let mut bias = self
+            .position_bias(x.device())?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)?;
         if shift > 0 {
             let mask = self
                 .shift_mask(hp, wp, window, shift, x.device())?
