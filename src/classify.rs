@@ -72,6 +72,8 @@ impl ImageClassifierModel {
 }
 
 /// A model that can classify: zero-shot image–text or closed-set.
+// One per stage: the size difference of the variants (CLIP's two towers inline) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Recognizer {
     ZeroShot(ImageTextModel),
     ClosedSet(ImageClassifierModel),
@@ -129,6 +131,7 @@ pub enum Mode {
     Label { threshold: f32, max_tags: usize },
 }
 
+#[allow(clippy::large_enum_variant)] // one per stage, as `Recognizer`
 enum Scorer {
     /// The (normalized) text embeddings of the labels.
     ZeroShot {
@@ -354,8 +357,11 @@ impl Stage for ClassifyStage {
 /// `(index, score)` pairs, best first; ties keep label order. NaN sorts last.
 fn rank(scores: &[f32]) -> Vec<(usize, f32)> {
     let mut ranked: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked.sort_by(|a, b| a.1.is_nan().cmp(&b.1.is_nan()));
+    ranked.sort_by(|a, b| {
+        (a.1.is_nan().cmp(&b.1.is_nan()))
+            .then(b.1.total_cmp(&a.1))
+            .then(a.0.cmp(&b.0))
+    });
     ranked
 }
 

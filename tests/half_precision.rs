@@ -50,7 +50,10 @@ fn agrees_in_f16(args: &[&str], field: &str, min_same: usize) {
         .filter(|(a, b)| a["file"] == b["file"] && a[field] == b[field])
         .count();
     eprintln!("{args:?}: {same} of 11 {field}s equal in f16 and f32");
-    assert!(same >= min_same, "{args:?}: only {same} of 11 {field}s agree");
+    assert!(
+        same >= min_same,
+        "{args:?}: only {same} of 11 {field}s agree"
+    );
 }
 
 fn caption(model: &str, extra: &[&str]) {

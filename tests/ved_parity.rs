@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use glance::caption::Captioner;
@@ -43,8 +43,8 @@ fn captioners() -> Vec<PathBuf> {
     found
 }
 
-fn load(dir: &PathBuf) -> Captioner {
-    let files = ModelFiles::new(ModelSource::Local(dir.clone())).unwrap();
+fn load(dir: &Path) -> Captioner {
+    let files = ModelFiles::new(ModelSource::Local(dir.to_path_buf())).unwrap();
     Captioner::load(&files, &Device::Cpu, DType::F32).unwrap()
 }
 
@@ -52,7 +52,7 @@ fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
     common::max_abs_diff(a, b) / common::max_abs(b).max(1.0)
 }
 
-fn check_pixels(dir: &PathBuf, preprocess: &dyn Fn(&image::RgbImage) -> Tensor) {
+fn check_pixels(dir: &Path, preprocess: &dyn Fn(&image::RgbImage) -> Tensor) {
     let reference = common::reference(dir);
     let expected = &common::reference_tensors(dir)["pixel_values"];
     for (i, name) in reference["images"].as_array().unwrap().iter().enumerate() {

@@ -68,8 +68,8 @@ pub fn bleu(samples: &[Sample]) -> Bleu {
             .unwrap_or(0);
         let mut guess = [0usize; N];
         let mut correct = [0usize; N];
-        for k in 0..N {
-            guess[k] = (testlen + 1).saturating_sub(k + 1);
+        for (k, g) in guess.iter_mut().enumerate() {
+            *g = (testlen + 1).saturating_sub(k + 1);
         }
         for (g, c) in &test_counts {
             correct[g.len() - 1] += (*c).min(max_ref.get(g).copied().unwrap_or(0));
