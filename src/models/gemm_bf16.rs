@@ -90,17 +90,10 @@ impl PackedWeights {
                 .enumerate()
                 .for_each(|(t, block)| {
                     let (c0, lanes) = (t * NR, NR.min(n - t * NR));
-                    let (mut lo, mut hi) = ([0u16; NR], [0u16; NR]);
                     for q in 0..pairs {
-                        convert_row(&w_t[2 * q * n + c0..][..lanes], &mut lo[..lanes]);
-                        if 2 * q + 1 < k {
-                            convert_row(&w_t[(2 * q + 1) * n + c0..][..lanes], &mut hi[..lanes]);
-                        } else {
-                            hi = [0; NR];
-                        }
-                        for i in 0..lanes {
-                            block[q * NR + i] = u32::from(lo[i]) | u32::from(hi[i]) << 16;
-                        }
+                        let low = &w_t[2 * q * n + c0..][..lanes];
+                        let high = (2 * q + 1 < k).then(|| &w_t[(2 * q + 1) * n + c0..][..lanes]);
+                        pair_up(low, high, &mut block[q * NR..][..lanes]);
                     }
                 });
         }
@@ -121,16 +114,76 @@ fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> 
     out.par_chunks_mut(pairs * lanes)
         .enumerate()
         .for_each(|(t, block)| {
-            let mut bits = vec![0u16; 2 * pairs];
+            let mut words = vec![0u32; pairs];
             for i in 0..lanes.min(rows - t * lanes) {
-                convert_row(&x[(t * lanes + i) * k..][..k], &mut bits[..k]);
-                for q in 0..pairs {
-                    block[q * lanes + i] =
-                        u32::from(bits[2 * q]) | u32::from(bits[2 * q + 1]) << 16;
+                convert_pairs(&x[(t * lanes + i) * k..][..k], &mut words);
+                for (q, &word) in words.iter().enumerate() {
+                    block[q * lanes + i] = word;
                 }
             }
         });
     out
+}
+
+/// Rounds a row of `k` values to bf16 pairs: `words[q]` holds (row[2q], row[2q + 1]), the first
+/// in the low half, and for odd `k` a zero high half last. The bf16 values are written straight
+/// into the words' halves, so no shifting or merging is left to do.
+fn convert_pairs(src: &[f32], words: &mut [u32]) {
+    let k = src.len();
+    assert_eq!(words.len(), k.div_ceil(2), "one word per pair");
+    // SAFETY: `words` viewed as twice as many u16 is in bounds and aligned (2 divides 4).
+    let halves = unsafe {
+        std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u16>(), 2 * words.len())
+    };
+    convert_row(src, &mut halves[..k]);
+    if k % 2 == 1 {
+        halves[k] = 0;
+    }
+    if cfg!(target_endian = "big") {
+        // There the first u16 of a word is its high half.
+        for w in words.iter_mut() {
+            *w = w.rotate_left(16);
+        }
+    }
+}
+
+/// `out[i]` = (low[i], high[i]) rounded to bf16, the first in the low half; no `high` is zeros.
+fn pair_up(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the features were just detected; `pair_up_avx512` stays within the slices.
+        done = unsafe { pair_up_avx512(low, high, out) };
+    }
+    for i in done..out.len() {
+        let h = high.map_or(0, |h| to_bf16(h[i]));
+        out[i] = u32::from(to_bf16(low[i])) | u32::from(h) << 16;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pair_up_avx512(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) -> usize {
+    let n = out.len().min(low.len()) / 16 * 16;
+    let n = high.map_or(n, |h| n.min(h.len() / 16 * 16));
+    let mut i = 0;
+    // SAFETY: each step reads 16 floats of each row and writes 16 words, all below `n`.
+    unsafe {
+        while i < n {
+            let bf: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(low.as_ptr().add(i))));
+            let mut words = _mm512_cvtepu16_epi32(bf);
+            if let Some(h) = high {
+                let bf: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(h.as_ptr().add(i))));
+                words = _mm512_or_si512(words, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bf)));
+            }
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, words);
+            i += 16;
+        }
+    }
+    n
 }
 
 /// Rounds a row to bf16, 32 values per instruction.
@@ -422,7 +475,7 @@ mod tests {
 
     #[test]
     fn packing_the_in_out_layout_equals_packing_its_transpose() {
-        for (n, k) in [(1, 1), (33, 7), (64, 64), (70, 65)] {
+        for (n, k) in [(1, 1), (33, 7), (52, 9), (64, 64), (70, 65)] {
             let w = random(n * k, 3 + n as u64);
             let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
             let a = PackedWeights::new(&w, n, k);
