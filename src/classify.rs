@@ -212,7 +212,8 @@ impl ClassifyStage {
             }
             _ => {}
         }
-        let text_embeds = model.ensemble_text_embeds(&labels, templates)?;
+        let text_embeds =
+            crate::runner::on_compute_pool(|| model.ensemble_text_embeds(&labels, templates))?;
         Ok(Self {
             scorer: Scorer::ZeroShot { model, text_embeds },
             labels,

@@ -27,7 +27,7 @@ pub struct Prepared {
 }
 
 /// A step of a run: turns a batch of prepared images into record fields, one map per image.
-pub trait Stage {
+pub trait Stage: Send {
     /// The stage's name ("caption", "classify", "label" or a pipeline's own): a field another stage
     /// already wrote is stored as `<name>_<field>` instead.
     fn name(&self) -> &str;
@@ -124,7 +124,7 @@ pub fn run(
                 if ready.is_empty() {
                     break;
                 }
-                match stage.run(&ready, s) {
+                match on_compute_pool(|| stage.run(&ready, s)) {
                     Ok(out) => {
                         for (f, o) in fields.iter_mut().zip(out) {
                             merge(f, o, stage.name());
@@ -234,6 +234,15 @@ fn split(items: Vec<Item>) -> (Vec<Prepared>, Vec<Option<Record>>) {
         }
     }
     (ready, order)
+}
+
+/// Runs `f` on a worker of rayon's global pool, where the matmuls and kernels split their work:
+/// that worker then takes its share of each parallel section directly, instead of this thread
+/// waking the pool and sleeping until every section is done.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran its closure")
 }
 
 fn prepare(input: &Input, preprocessors: &[Preprocessor], max_pixels: u64) -> Item {
