@@ -52,29 +52,9 @@ from PIL import Image  # noqa: E402
 from transformers.image_utils import load_image  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # noqa: E402
 
+from bench_common import list_images, peak_gpu_mb, sync  # noqa: E402
+
 IMPORT_S = time.perf_counter() - _T0
-
-# The same list as glance's inputs::IMAGE_EXTENSIONS.
-IMAGE_EXTENSIONS = {
-    "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "tga", "pnm", "ppm", "pgm", "pbm",
-    "qoi", "ico", "avif", "hdr", "exr", "jfif",
-}
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix[1:].lower() in IMAGE_EXTENSIONS)
-
-
-def sync(device: torch.device) -> None:
-    """Waits for the GPU's queued work, so that a time taken next includes it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_gpu_mb(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def main() -> int:
