@@ -4,15 +4,11 @@
 
 mod common;
 
+use common::{glance, stdout_records};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn glance() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glance"));
-    cmd.env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN");
-    cmd
-}
+use std::process::{Output, Stdio};
 
 /// `glance caption` on the tiny model with 12 greedy tokens, as the reference's `greedy` case.
 fn caption(args: &[&str]) -> Output {
@@ -23,13 +19,6 @@ fn caption(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn stdout_records(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}")))
-        .collect()
 }
 
 /// Copies some shared photos (PNG only: their pixels are bit-exact with transformers') into `dir`.

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{glance, stdout_records};
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,12 +17,6 @@ use serde_json::Value;
 /// Scores through the CLI against transformers' probabilities (max abs difference). The records
 /// print f32 values in shortest form, so this is the parity tolerance of tests/clip_parity.rs.
 const SCORE_TOLERANCE: f64 = 1e-4;
-
-fn glance() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glance"));
-    cmd.env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN");
-    cmd
-}
 
 fn fixture(name: &str) -> PathBuf {
     common::repo().join("tests/fixtures").join(name)
@@ -75,13 +71,6 @@ fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn jsonl(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn by_name(records: Vec<Value>) -> HashMap<String, Value> {
@@ -162,7 +151,7 @@ fn classify_matches_transformers() {
         .arg("--labels")
         .arg(labels(&reference).join(","))
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let n = check_classify(&records, &reference, &rows(&dir, "probs"), 3);
     assert_eq!(n, 9);
     let keys: Vec<&String> = records["horse.png"].as_object().unwrap().keys().collect();
@@ -195,7 +184,7 @@ fn template_ensemble_from_a_file_matches_transformers() {
         .arg("--templates")
         .arg(&templates)
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     assert_eq!(
         check_classify(&records, &reference, &rows(&dir, "ensemble_probs"), 5),
         9
@@ -281,7 +270,7 @@ fn multi_label_thresholds_siglip_sigmoid_and_clip_cosine() {
             .arg("--labels")
             .arg(labels.join(","))
             .arg(photos.path()));
-        let records = by_name(jsonl(&out));
+        let records = by_name(stdout_records(&out));
         let mut checked = 0;
         let mut tagged = 0;
         for (row, name) in png_rows(&reference) {
@@ -331,7 +320,7 @@ fn label_takes_a_vocabulary_and_caps_the_tags() {
         .arg("--vocab")
         .arg(&vocab)
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     for (row, name) in png_rows(&reference) {
         if let Some(expected) = expected_tags(&labels, &probs[row], 0.05, 2) {
@@ -361,7 +350,7 @@ fn min_score_makes_unknown() {
         .arg("--labels")
         .arg(labels(&reference).join(","))
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     let mut unknown = 0;
     for (row, name) in png_rows(&reference) {
@@ -418,7 +407,7 @@ fn sort_into_copy_move_link_with_name_clashes() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{mode}: the broken image fails");
-        let records = by_name(jsonl(&out));
+        let records = by_name(stdout_records(&out));
         assert!(records["broken.png"]["error"].is_string());
         assert!(broken.exists(), "{mode}: a failed image is left in place");
         for (_, name) in png_rows(&reference) {
@@ -615,7 +604,7 @@ fn two_stage_pipeline_merges_caption_and_classify() {
         .args(["run", "--quiet"])
         .arg(&pipeline)
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let captions = common::blip_greedy_captions();
     let probs = rows(&clip, "probs");
     assert_eq!(check_classify(&records, &reference, &probs, 2), 9);
@@ -707,7 +696,7 @@ fn closed_set_classifier_uses_its_own_classes() {
         .arg(sorted.path())
         .arg("--link")
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let logits = rows(&dir, "logits");
     for (row, name) in png_rows(&reference) {
         let l = &logits[row];
@@ -766,7 +755,7 @@ fn caption_runs_a_vision_encoder_decoder() {
         ])
         .arg(&dir)
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     for (row, name) in png_rows(&reference) {
         assert_eq!(records[&name]["caption"], case["captions"][row], "{name}");
     }
@@ -783,7 +772,7 @@ fn label_with_a_closed_set_classifier() {
         .args(["label", "--quiet", "--threshold", "0.2", "-m"])
         .arg(&dir)
         .arg(photos.path()));
-    let records = by_name(jsonl(&out));
+    let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     let classes: Vec<String> = (0..probs[0].len())
         .map(|i| {

@@ -10,13 +10,9 @@
 
 mod common;
 
-use std::process::Command;
-
 /// Records of `glance <args> --dtype <dtype> --quiet ../shared/images`.
 fn records(args: &[&str], dtype: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_glance"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_TOKEN")
+    let out = common::glance()
         .current_dir(common::repo())
         .args(args)
         .args(["--dtype", dtype, "--quiet"])
@@ -28,10 +24,7 @@ fn records(args: &[&str], dtype: &str) -> Vec<serde_json::Value> {
         "glance {args:?} --dtype {dtype}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}")))
-        .collect()
+    common::stdout_records(&out)
 }
 
 /// Runs `args` in f32 and f16 and checks that f16 gives a record for every image, none an error,

@@ -7,6 +7,21 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `glance` binary under test, offline (no Hub access, no token from the environment).
+pub fn glance() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_glance"));
+    cmd.env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN");
+    cmd
+}
+
+/// The JSON-lines records a run printed on stdout.
+pub fn stdout_records(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l:?}: {e}")))
+        .collect()
+}
+
 pub fn blip_tiny() -> PathBuf {
     repo().join("tests/fixtures/blip-tiny")
 }
