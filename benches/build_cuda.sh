@@ -51,11 +51,15 @@ cargo build --release --locked --features cuda --lib --target-dir "$TARGET_DIR"
 STUBS="$CUDA_HOME/lib"
 cudarc=$(ls -t "$TARGET_DIR"/release/deps/libcudarc-*.rlib | head -1)
 symbols=$(nm -u "$cudarc" 2>/dev/null | awk '{ print $2 }' | sort -u)
+# Each stub is also linked under its soname in $run_dir, for step 4.
+run_dir="$TARGET_DIR/cuda-stub-run"
+rm -rf "$run_dir" && mkdir -p "$run_dir"
 stub() { # name soname symbol-regex
     local src="$TARGET_DIR/$1-stub.c"
     grep -E "$3" <<<"$symbols" | awk '{ print "void " $1 "(void) {}" }' >"$src"
     [ -s "$src" ] || { echo "build_cuda.sh: no $1 symbols in $cudarc" >&2; exit 1; }
     cc -shared -fPIC -o "$STUBS/lib$1.so" -Wl,-soname,"$2" "$src"
+    ln -s "$STUBS/lib$1.so" "$run_dir/$2"
 }
 stub cuda libcuda.so.1 '^cu[A-Z]'
 stub cublasLt libcublasLt.so.13 '^cublasLt'
@@ -70,12 +74,6 @@ readelf -d "$TARGET_DIR/release/glance" | sed -n 's/.*NEEDED.*\[\(.*\)\]/  \1/p'
 
 # 4. Check that it loads and works on the CPU (the stubs stand in for the driver and libraries
 #    under their sonames; nothing here reaches them with --device cpu).
-run_dir="$TARGET_DIR/cuda-stub-run"
-rm -rf "$run_dir" && mkdir -p "$run_dir"
-for lib in cuda cublas cublasLt curand nvrtc; do
-    soname=$(readelf -d "$CUDA_HOME/lib/lib$lib.so" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
-    ln -s "$CUDA_HOME/lib/lib$lib.so" "$run_dir/$soname"
-done
 ln -s "$CUDA_HOME/lib/libcudart.so.13" "$run_dir/libcudart.so.13"
 LD_LIBRARY_PATH="$run_dir" "$TARGET_DIR/release/glance" caption --device cpu \
     --model tests/fixtures/blip-tiny --max-new-tokens 5 --quiet tests/fixtures/odd-images/photo.webp \
