@@ -172,7 +172,7 @@ impl Captioner {
         params: &GenerationParams,
         seeds: &[u64],
     ) -> Result<Vec<Vec<Caption>>> {
-        let timings = std::env::var_os("GLANCE_TIMINGS").is_some();
+        let timings = crate::timings_enabled();
         let started = std::time::Instant::now();
         let features = self.encode(pixels)?;
         if timings {

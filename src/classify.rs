@@ -239,7 +239,7 @@ impl ClassifyStage {
 
     /// Score rows `[b][labels]` for a batch of pixel buffers, as this stage's mode reads them.
     pub fn score_pixels(&self, pixels: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
-        let timings = std::env::var_os("GLANCE_TIMINGS").is_some();
+        let timings = crate::timings_enabled();
         let started = std::time::Instant::now();
         // The image tower's share, for GLANCE_TIMINGS.
         let encoded;

@@ -22,3 +22,9 @@ pub mod weights;
 pub mod zero_shot;
 
 pub use error::{Error, Result};
+
+/// Whether `GLANCE_TIMINGS` is set (benches/bench.sh sets it): then glance prints how long model
+/// load, label embedding and each batch's stages took, on stderr.
+pub fn timings_enabled() -> bool {
+    std::env::var_os("GLANCE_TIMINGS").is_some()
+}

@@ -114,7 +114,7 @@ fn caption(args: CaptionArgs) -> Result<ExitCode> {
 
 /// With `GLANCE_TIMINGS` set (the benchmark sets it), prints how long `what` took since `started`.
 fn timing(what: &str, started: std::time::Instant) {
-    if std::env::var_os("GLANCE_TIMINGS").is_some() {
+    if glance::timings_enabled() {
         eprintln!(
             "glance timings: {what} in {:.2}s",
             started.elapsed().as_secs_f64()
