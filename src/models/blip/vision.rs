@@ -117,7 +117,7 @@ impl VisionModel {
     /// `[batch, 3, H, W]` pixels to `[batch, 1 + patches, hidden]` features.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embeddings.forward(pixels)?;
-        by_batch_slices(&x, |x| {
+        by_batch_slices(&x, |_, x| {
             let mut x = x.clone();
             for layer in &self.layers {
                 x = layer.forward(&x)?;

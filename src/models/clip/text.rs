@@ -39,23 +39,17 @@ impl TextModel {
 
     /// `[n, len]` u32 ids to pooled, un-projected features `[n, hidden]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (n, len) = ids.dims2()?;
+        let len = ids.dim(1)?;
         let positions = Tensor::arange(0u32, len as u32, ids.device())?;
         let x = self
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(len, 0, x.dtype(), x.device())?;
-        let x = self.encoder.forward(&x, Some(&mask))?;
-        let x = self.final_layer_norm.forward(&x)?;
         let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let flat: Vec<u32> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| (i * len + self.pooled_position(row)) as u32)
-            .collect();
-        let index = Tensor::new(flat, ids.device())?;
-        x.reshape((n * len, ()))?.index_select(&index, 0)
+        let pooled: Vec<usize> = rows.iter().map(|row| self.pooled_position(row)).collect();
+        let x = self.encoder.forward_at(&x, Some(&mask), &pooled)?;
+        self.final_layer_norm.forward(&x)
     }
 
     // Matches CLIPTextTransformer.forward: legacy configs (eos_token_id == 2) pool at the first

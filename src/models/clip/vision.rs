@@ -76,7 +76,8 @@ impl VisionModel {
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embeddings.forward(pixels)?;
         let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward(&x, None)?;
-        self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)
+        let class_token = vec![0; x.dim(0)?];
+        let x = self.encoder.forward_at(&x, None, &class_token)?;
+        self.post_layernorm.forward(&x)
     }
 }

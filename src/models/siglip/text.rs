@@ -44,8 +44,8 @@ impl TextModel {
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         // Matches SiglipModel as Hub checkpoints are used: no attention mask, so the padding
         // (which the last position is) takes part in attention.
-        let x = self.encoder.forward(&x, None)?;
-        let x = self.final_layer_norm.forward(&x)?;
-        self.head.forward(&x.narrow(1, len - 1, 1)?.squeeze(1)?)
+        let last = vec![len - 1; x.dim(0)?];
+        let x = self.encoder.forward_at(&x, None, &last)?;
+        self.head.forward(&self.final_layer_norm.forward(&x)?)
     }
 }

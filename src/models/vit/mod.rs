@@ -158,7 +158,7 @@ impl VitModel {
     /// `[batch, 3, H, W]` to `[batch, tokens, hidden]` (`last_hidden_state`).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embeddings.forward(pixels)?;
-        by_batch_slices(&x, |x| {
+        by_batch_slices(&x, |_, x| {
             let mut x = x.clone();
             for layer in &self.layers {
                 x = layer.forward(&x)?;
