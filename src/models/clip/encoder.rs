@@ -174,9 +174,9 @@ fn query_mask_rows(mask: &Tensor, at: &[usize]) -> Result<Option<Tensor>> {
         .iter()
         .any(|&v| v != 0.0);
     let len = rows.dim(1)?;
-    Ok(masks_something
+    masks_something
         .then(|| rows.reshape((at.len(), 1, 1, len)))
-        .transpose()?)
+        .transpose()
 }
 
 /// `encoder.layers.{i}.*`.
