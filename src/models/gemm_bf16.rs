@@ -15,6 +15,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Output columns per panel: two 16-lane registers.
@@ -84,19 +86,14 @@ impl PackedWeights {
     pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), n * k, "weight is k × n");
         let pairs = k.div_ceil(2);
-        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        if pairs > 0 {
-            data.par_chunks_mut(pairs * NR)
-                .enumerate()
-                .for_each(|(t, block)| {
-                    let (c0, lanes) = (t * NR, NR.min(n - t * NR));
-                    for q in 0..pairs {
-                        let low = &w_t[2 * q * n + c0..][..lanes];
-                        let high = (2 * q + 1 < k).then(|| &w_t[(2 * q + 1) * n + c0..][..lanes]);
-                        pair_up(low, high, &mut block[q * NR..][..lanes]);
-                    }
-                });
-        }
+        let data = par_filled(n.div_ceil(NR) * pairs * NR, pairs * NR, |t, block| {
+            let (c0, lanes) = (t * NR, NR.min(n - t * NR));
+            for q in 0..pairs {
+                let low = &w_t[2 * q * n + c0..][..lanes];
+                let high = (2 * q + 1 < k).then(|| &w_t[(2 * q + 1) * n + c0..][..lanes]);
+                pair_up(low, high, &mut block[q * NR..][..lanes]);
+            }
+        });
         Self { n, k, pairs, data }
     }
 }
@@ -107,13 +104,10 @@ impl PackedWeights {
 /// Weight panels use 32 lanes ([`NR`]), input tiles 12 ([`MR`]).
 fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> {
     let pairs = k.div_ceil(2);
-    let mut out = vec![0u32; rows.div_ceil(lanes) * pairs * lanes];
-    if pairs == 0 {
-        return out;
-    }
-    out.par_chunks_mut(pairs * lanes)
-        .enumerate()
-        .for_each(|(t, block)| {
+    par_filled(
+        rows.div_ceil(lanes) * pairs * lanes,
+        pairs * lanes,
+        |t, block| {
             let mut words = vec![0u32; pairs];
             for i in 0..lanes.min(rows - t * lanes) {
                 convert_pairs(&x[(t * lanes + i) * k..][..k], &mut words);
@@ -121,7 +115,32 @@ fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> 
                     block[q * lanes + i] = word;
                 }
             }
+        },
+    )
+}
+
+/// `len` words in pieces of `piece` (the last may be shorter), each zeroed and then handed to
+/// `fill(index, piece)` by one of the pool's threads. Unlike `vec![0; len]` — one thread faulting
+/// in and clearing every page before the work starts, 0.1 s for CLIP-B/32's 300 MB of packed
+/// weights — each page is touched once, in parallel, by the thread that fills it, while its
+/// piece is in cache.
+fn par_filled(len: usize, piece: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(piece)
+        .enumerate()
+        .for_each(|(i, words)| {
+            words.fill(MaybeUninit::new(0));
+            // SAFETY: every element was just initialized, and `MaybeUninit<u32>` has the
+            // layout of `u32`.
+            let words = unsafe { &mut *(words as *mut [MaybeUninit<u32>] as *mut [u32]) };
+            fill(i, words);
         });
+    // SAFETY: the pieces cover the first `len` elements, all initialized above.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -223,16 +242,16 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
     assert!(available(), "AVX512-BF16 kernel called on a CPU without it");
     assert_eq!(x.len(), m * w.k, "x is m × k");
     let n = w.n;
-    let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 {
-        return y;
-    }
-    if w.pairs == 0 {
-        if let Some(b) = bias {
+    if m == 0 || n == 0 || w.pairs == 0 {
+        let mut y = vec![0f32; m * n];
+        if let (Some(b), true) = (bias, n > 0) {
             y.chunks_mut(n).for_each(|row| row.copy_from_slice(b));
         }
         return y;
     }
+    // Not cleared: the first block of k of every tile stores its sums (plus bias) over the
+    // whole output before any later block adds to them.
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let a = interleave_pairs(x, m, w.k, MR);
     let tiles = m.div_ceil(MR);
     let panels = n.div_ceil(NR);
@@ -256,6 +275,8 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
                 block(&a, w, m, bias, group, out.0);
             }
         });
+    // SAFETY: the panels cover all n columns and each panel all m rows (see above).
+    unsafe { y.set_len(m * n) };
     y
 }
 
