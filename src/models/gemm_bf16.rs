@@ -15,9 +15,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
+
+use super::ops::par_filled;
 
 /// Output columns per panel: two 16-lane registers.
 pub const NR: usize = 32;
@@ -86,7 +86,7 @@ impl PackedWeights {
     pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), n * k, "weight is k × n");
         let pairs = k.div_ceil(2);
-        let data = par_filled(n.div_ceil(NR) * pairs * NR, pairs * NR, |t, block| {
+        let data = par_filled(n.div_ceil(NR) * pairs * NR, pairs * NR, 0u32, |t, block| {
             let (c0, lanes) = (t * NR, NR.min(n - t * NR));
             for q in 0..pairs {
                 let low = &w_t[2 * q * n + c0..][..lanes];
@@ -107,6 +107,7 @@ fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> 
     par_filled(
         rows.div_ceil(lanes) * pairs * lanes,
         pairs * lanes,
+        0u32,
         |t, block| {
             let mut words = vec![0u32; pairs];
             for i in 0..lanes.min(rows - t * lanes) {
@@ -117,31 +118,6 @@ fn interleave_pairs(x: &[f32], rows: usize, k: usize, lanes: usize) -> Vec<u32> 
             }
         },
     )
-}
-
-/// `len` words in pieces of `piece` (the last may be shorter), each zeroed and then handed to
-/// `fill(index, piece)` by one of the pool's threads. Unlike `vec![0; len]` — one thread faulting
-/// in and clearing every page before the work starts, 0.1 s for CLIP-B/32's 300 MB of packed
-/// weights — each page is touched once, in parallel, by the thread that fills it, while its
-/// piece is in cache.
-fn par_filled(len: usize, piece: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(piece)
-        .enumerate()
-        .for_each(|(i, words)| {
-            words.fill(MaybeUninit::new(0));
-            // SAFETY: every element was just initialized, and `MaybeUninit<u32>` has the
-            // layout of `u32`.
-            let words = unsafe { &mut *(words as *mut [MaybeUninit<u32>] as *mut [u32]) };
-            fill(i, words);
-        });
-    // SAFETY: the pieces cover the first `len` elements, all initialized above.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// Rounds a row of `k` values to bf16 pairs: `words[q]` holds (row[2q], row[2q + 1]), the first
