@@ -5,8 +5,8 @@
 //! time. These use the Cephes `exp` of `softmax.rs`: `tanh(u) = 1 − 2/(e^{2u} + 1)`, and for
 //! `erf` the Abramowitz–Stegun 7.1.26 rational approximation (absolute error < 1.5e-7).
 
+use super::ops::{par_filled, with_f32_values};
 use candle_core::{DType, Device, Result, Tensor};
-use rayon::prelude::*;
 
 /// The GELU variants glance accelerates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +25,17 @@ pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
     if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || !simd_available() {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let mut data = x.flatten_all()?.to_vec1::<f32>()?;
-    data.par_chunks_mut(1 << 14).for_each(|chunk| {
-        // SAFETY: `simd_available` checked AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            gelu_avx2(chunk, kind)
-        }
-    });
+    const PIECE: usize = 1 << 14;
+    // Straight from the input's storage into the output's, one pass over each.
+    let data = with_f32_values(x, |src| {
+        par_filled(src.len(), PIECE, 0f32, |i, out| {
+            // SAFETY: `simd_available` checked AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                gelu_avx2(&src[i * PIECE..][..out.len()], out, kind)
+            }
+        })
+    })?;
     Ok(Some(Tensor::from_vec(data, x.shape(), x.device())?))
 }
 
@@ -50,25 +52,27 @@ fn simd_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(data: &mut [f32], kind: Gelu) {
+unsafe fn gelu_avx2(src: &[f32], dst: &mut [f32], kind: Gelu) {
     use std::arch::x86_64::*;
-    let n = data.len();
-    let p = data.as_mut_ptr();
+    let n = src.len().min(dst.len());
     let mut i = 0;
     // SAFETY: loads and stores touch 8 floats at offsets below `n`.
     unsafe {
         while i + 8 <= n {
-            let x = _mm256_loadu_ps(p.add(i));
-            _mm256_storeu_ps(p.add(i), gelu8(x, kind));
+            let x = _mm256_loadu_ps(src.as_ptr().add(i));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), gelu8(x, kind));
             i += 8;
         }
-        if i < n {
-            let mut tail = [0f32; 8];
-            tail[..n - i].copy_from_slice(&data[i..]);
+    }
+    if i < n {
+        let mut tail = [0f32; 8];
+        tail[..n - i].copy_from_slice(&src[i..n]);
+        // SAFETY: `tail` holds 8 floats.
+        unsafe {
             let y = gelu8(_mm256_loadu_ps(tail.as_ptr()), kind);
             _mm256_storeu_ps(tail.as_mut_ptr(), y);
-            data[i..].copy_from_slice(&tail[..n - i]);
         }
+        dst[i..n].copy_from_slice(&tail[..n - i]);
     }
 }
 
