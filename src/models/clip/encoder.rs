@@ -83,9 +83,16 @@ impl SelfAttention {
     }
 
     /// Self-attention over `x` `[batch, len, hidden]` for the queries of `queries`
-    /// `[batch, m, hidden]` (`x` itself, or some of its positions); `mask` is additive and
-    /// broadcasts to `[batch, heads, m, len]`.
-    fn forward(&self, queries: &Tensor, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `[batch, m, hidden]` (`x` itself, or some of its positions), after the positions of
+    /// `past` (shared by the batch) where given; `mask` is additive and broadcasts to
+    /// `[batch, heads, m, past + len]`. Also returns `x`'s keys and values.
+    fn forward(
+        &self,
+        queries: &Tensor,
+        x: &Tensor,
+        past: Option<&KeyValues>,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, KeyValues)> {
         let (b, n, d) = x.dims3()?;
         let m = queries.dim(1)?;
         let split = |t: Tensor, len: usize| {
@@ -93,13 +100,38 @@ impl SelfAttention {
                 .transpose(1, 2)
         };
         let q = split(self.q_proj.forward(queries)?, m)?;
-        let k = split(self.k_proj.forward(x)?, n)?;
-        let v = split(self.v_proj.forward(x)?, n)?;
+        let own = KeyValues {
+            k: split(self.k_proj.forward(x)?, n)?,
+            v: split(self.v_proj.forward(x)?, n)?,
+        };
+        let (k, v) = match past {
+            Some(past) => {
+                let (_, h, p, hd) = past.k.dims4()?;
+                let before = |t: &Tensor, mine: &Tensor| {
+                    Tensor::cat(&[&t.broadcast_as((b, h, p, hd))?, mine], 2)
+                };
+                (before(&past.k, &own.k)?, before(&past.v, &own.v)?)
+            }
+            None => (own.k.clone(), own.v.clone()),
+        };
         let ctx = attention(&q, &k, &v, mask)?
             .transpose(1, 2)?
             .reshape((b, m, d))?;
-        self.out_proj.forward(&ctx)
+        Ok((self.out_proj.forward(&ctx)?, own))
     }
+}
+
+/// One layer's keys and values, `[batch, heads, len, head_dim]` each.
+struct KeyValues {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// Every layer's keys and values for a prefix that all prompts of a batch share (`[1, heads,
+/// len, head_dim]`), from [`Encoder::prefix`]: under a causal mask the prefix's hidden states do
+/// not depend on what follows it, so they are computed once instead of once per prompt.
+pub struct Prefix {
+    layers: Vec<KeyValues>,
 }
 
 struct Layer {
@@ -120,25 +152,38 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// The layer's output for `x` (after `past`, see [`SelfAttention::forward`]) and `x`'s keys
+    /// and values.
+    fn forward(
+        &self,
+        x: &Tensor,
+        past: Option<&KeyValues>,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, KeyValues)> {
         let normed = self.layer_norm1.forward(x)?;
-        let h = self.self_attn.forward(&normed, &normed, mask)?;
-        self.feed_forward(&(x + h)?)
+        let (h, kv) = self.self_attn.forward(&normed, &normed, past, mask)?;
+        Ok((self.feed_forward(&(x + h)?)?, kv))
     }
 
     /// [`Self::forward`]'s output at one position per item, `[batch, 1, hidden]`: keys and
     /// values come from every position, everything else is computed for `at[i]` of item `i`
     /// only.
-    fn forward_at(&self, x: &Tensor, mask: Option<&Tensor>, at: &[usize]) -> Result<Tensor> {
+    fn forward_at(
+        &self,
+        x: &Tensor,
+        past: Option<&KeyValues>,
+        mask: Option<&Tensor>,
+        at: &[usize],
+    ) -> Result<Tensor> {
         let pick = |t: &Tensor| positions(t, at)?.unsqueeze(1);
         let mask = match mask {
             Some(m) => query_mask_rows(m, at)?,
             None => None,
         };
         let normed = self.layer_norm1.forward(x)?;
-        let h = self
+        let (h, _) = self
             .self_attn
-            .forward(&pick(&normed)?, &normed, mask.as_ref())?;
+            .forward(&pick(&normed)?, &normed, past, mask.as_ref())?;
         self.feed_forward(&(pick(x)? + h)?)
     }
 
@@ -197,28 +242,52 @@ impl Encoder {
         by_batch_slices(x, |_, x| {
             let mut x = x.clone();
             for layer in &self.layers {
-                x = layer.forward(&x, mask)?;
+                x = layer.forward(&x, None, mask)?.0;
             }
             Ok(x)
         })
+    }
+
+    /// The keys and values of every layer for `x` `[1, len, hidden]`, a prefix shared by the
+    /// prompts that [`Self::forward_at`] then runs after it; `mask` is the prefix's causal mask.
+    pub fn prefix(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Prefix> {
+        let mut x = x.clone();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (next, kv) = layer.forward(&x, None, mask)?;
+            layers.push(kv);
+            x = next;
+        }
+        Ok(Prefix { layers })
     }
 
     /// The last hidden state at one position per item (`at[i]` of item `i`), `[batch, hidden]`,
     /// for towers pooled at one token. The last layer needs every position's keys and values
     /// but its queries, attention output and MLP only at the pooled one: a twelfth less work
     /// for a 12-layer tower, and the same values as [`Self::forward`] then picking.
-    pub fn forward_at(&self, x: &Tensor, mask: Option<&Tensor>, at: &[usize]) -> Result<Tensor> {
+    ///
+    /// With a `prefix` of `p` positions, `x` holds what follows it in each item (positions
+    /// `p..`) and `mask` is `[len, p + len]`.
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        prefix: Option<&Prefix>,
+        mask: Option<&Tensor>,
+        at: &[usize],
+    ) -> Result<Tensor> {
         assert_eq!(at.len(), x.dim(0)?, "one position per item");
+        let past = |i: usize| prefix.map(|p| &p.layers[i]);
         let Some((last, layers)) = self.layers.split_last() else {
             return positions(x, at);
         };
         by_batch_slices(x, |start, x| {
             let mut x = x.clone();
-            for layer in layers {
-                x = layer.forward(&x, mask)?;
+            for (i, layer) in layers.iter().enumerate() {
+                x = layer.forward(&x, past(i), mask)?.0;
             }
             let at = &at[start..start + x.dim(0)?];
-            last.forward_at(&x, mask, at)?.squeeze(1)
+            last.forward_at(&x, past(layers.len()), mask, at)?
+                .squeeze(1)
         })
     }
 }
@@ -288,7 +357,7 @@ mod tests {
             .map(|(i, &p)| full.get(i).unwrap().get(p).unwrap())
             .collect();
         let picked = Tensor::stack(&picked, 0).unwrap();
-        let got = encoder.forward_at(x, mask, at).unwrap();
+        let got = encoder.forward_at(x, None, mask, at).unwrap();
         assert_eq!(got.dims(), &[b, d]);
         let diff = max_diff(&got, &picked);
         assert!(
@@ -308,5 +377,38 @@ mod tests {
         // Its last row masks nothing (the no-mask path).
         check(&encoder, &x, Some(&causal), &[4, 4, 4]);
         check(&encoder, &x, None, &[0, 3, 1]);
+    }
+
+    #[test]
+    fn a_shared_prefix_run_once_gives_the_same_states() {
+        let encoder = random_encoder();
+        let dev = Device::Cpu;
+        // Three items whose first two positions are the same.
+        let shared = Tensor::randn(0f32, 1.0, (1, 2, 16), &dev).unwrap();
+        let rest = Tensor::randn(0f32, 1.0, (3, 4, 16), &dev).unwrap();
+        let whole = Tensor::cat(&[&shared.broadcast_as((3, 2, 16)).unwrap(), &rest], 1).unwrap();
+        let at = [5, 3, 2];
+        let full = encoder
+            .forward(&whole, Some(&causal_mask(6, 0, DType::F32, &dev).unwrap()))
+            .unwrap();
+        let want: Vec<Tensor> = at
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| full.get(i).unwrap().get(p).unwrap())
+            .collect();
+        let want = Tensor::stack(&want, 0).unwrap();
+        let prefix = encoder
+            .prefix(&shared, Some(&causal_mask(2, 0, DType::F32, &dev).unwrap()))
+            .unwrap();
+        let got = encoder
+            .forward_at(
+                &rest,
+                Some(&prefix),
+                Some(&causal_mask(4, 2, DType::F32, &dev).unwrap()),
+                &at.map(|p| p - 2),
+            )
+            .unwrap();
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-5, "differs by {diff}");
     }
 }

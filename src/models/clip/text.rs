@@ -38,18 +38,47 @@ impl TextModel {
     }
 
     /// `[n, len]` u32 ids to pooled, un-projected features `[n, hidden]`.
+    ///
+    /// Prompts from one template share their first tokens ("<|startoftext|> a photo of a");
+    /// under the causal mask those positions come out the same in every prompt, so the prefix
+    /// all rows share (up to the first pooled position) runs once and the rows run only what
+    /// follows it: about half the positions of typical label prompts.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let len = ids.dim(1)?;
-        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
-        let x = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let mask = causal_mask(len, 0, x.dtype(), x.device())?;
+        let (n, len) = ids.dims2()?;
         let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let pooled: Vec<usize> = rows.iter().map(|row| self.pooled_position(row)).collect();
-        let x = self.encoder.forward_at(&x, Some(&mask), &pooled)?;
+        let shared = match rows.split_first() {
+            Some((first, others)) if n > 1 => others
+                .iter()
+                .map(|row| first.iter().zip(row).take_while(|(a, b)| a == b).count())
+                .chain(pooled.iter().copied())
+                .min()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let prefix = if shared > 0 {
+            let x = self.embed(&ids.narrow(0, 0, 1)?.narrow(1, 0, shared)?, 0)?;
+            let mask = causal_mask(shared, 0, x.dtype(), x.device())?;
+            Some(self.encoder.prefix(&x, Some(&mask))?)
+        } else {
+            None
+        };
+        let x = self.embed(&ids.narrow(1, shared, len - shared)?, shared)?;
+        let mask = causal_mask(len - shared, shared, x.dtype(), x.device())?;
+        let at: Vec<usize> = pooled.iter().map(|&p| p - shared).collect();
+        let x = self
+            .encoder
+            .forward_at(&x, prefix.as_ref(), Some(&mask), &at)?;
         self.final_layer_norm.forward(&x)
+    }
+
+    /// Token plus position embeddings of `ids` `[n, len]` standing at positions `start..`.
+    fn embed(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
+        let len = ids.dim(1)?;
+        let positions = Tensor::arange(start as u32, (start + len) as u32, ids.device())?;
+        self.token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)
     }
 
     // Matches CLIPTextTransformer.forward: legacy configs (eos_token_id == 2) pool at the first

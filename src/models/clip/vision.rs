@@ -77,7 +77,7 @@ impl VisionModel {
         let x = self.embeddings.forward(pixels)?;
         let x = self.pre_layrnorm.forward(&x)?;
         let class_token = vec![0; x.dim(0)?];
-        let x = self.encoder.forward_at(&x, None, &class_token)?;
+        let x = self.encoder.forward_at(&x, None, None, &class_token)?;
         self.post_layernorm.forward(&x)
     }
 }

@@ -45,7 +45,7 @@ impl TextModel {
         // Matches SiglipModel as Hub checkpoints are used: no attention mask, so the padding
         // (which the last position is) takes part in attention.
         let last = vec![len - 1; x.dim(0)?];
-        let x = self.encoder.forward_at(&x, None, &last)?;
+        let x = self.encoder.forward_at(&x, None, None, &last)?;
         self.head.forward(&self.final_layer_norm.forward(&x)?)
     }
 }
