@@ -347,16 +347,20 @@ mod tests {
             .unwrap()
     }
 
-    /// `forward_at` against the full forward pass then picking one position per item.
-    fn check(encoder: &Encoder, x: &Tensor, mask: Option<&Tensor>, at: &[usize]) {
-        let (b, _, d) = x.dims3().unwrap();
-        let full = encoder.forward(x, mask).unwrap();
-        let picked: Vec<Tensor> = at
+    /// Position `at[i]` of item `i` of `full` `[batch, len, hidden]`, one by one.
+    fn picked(full: &Tensor, at: &[usize]) -> Tensor {
+        let rows: Vec<Tensor> = at
             .iter()
             .enumerate()
             .map(|(i, &p)| full.get(i).unwrap().get(p).unwrap())
             .collect();
-        let picked = Tensor::stack(&picked, 0).unwrap();
+        Tensor::stack(&rows, 0).unwrap()
+    }
+
+    /// `forward_at` against the full forward pass then picking one position per item.
+    fn check(encoder: &Encoder, x: &Tensor, mask: Option<&Tensor>, at: &[usize]) {
+        let (b, _, d) = x.dims3().unwrap();
+        let picked = picked(&encoder.forward(x, mask).unwrap(), at);
         let got = encoder.forward_at(x, None, mask, at).unwrap();
         assert_eq!(got.dims(), &[b, d]);
         let diff = max_diff(&got, &picked);
@@ -391,12 +395,7 @@ mod tests {
         let full = encoder
             .forward(&whole, Some(&causal_mask(6, 0, DType::F32, &dev).unwrap()))
             .unwrap();
-        let want: Vec<Tensor> = at
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| full.get(i).unwrap().get(p).unwrap())
-            .collect();
-        let want = Tensor::stack(&want, 0).unwrap();
+        let want = picked(&full, &at);
         let prefix = encoder
             .prefix(&shared, Some(&causal_mask(2, 0, DType::F32, &dev).unwrap()))
             .unwrap();
