@@ -26,13 +26,20 @@ pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     const PIECE: usize = 1 << 14;
+    #[cfg(target_arch = "x86_64")]
+    let wide = std::is_x86_feature_detected!("avx512f");
     // Straight from the input's storage into the output's, one pass over each.
     let data = with_f32_values(x, |src| {
         par_filled(src.len(), PIECE, 0f32, |i, out| {
-            // SAFETY: `simd_available` checked AVX2 and FMA.
+            let src = &src[i * PIECE..][..out.len()];
+            // SAFETY: `simd_available` checked AVX2 and FMA, `wide` AVX-512F.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                gelu_avx2(&src[i * PIECE..][..out.len()], out, kind)
+                if wide {
+                    gelu_avx512(src, out, kind)
+                } else {
+                    gelu_avx2(src, out, kind)
+                }
             }
         })
     })?;
@@ -76,6 +83,80 @@ unsafe fn gelu_avx2(src: &[f32], dst: &mut [f32], kind: Gelu) {
     }
 }
 
+/// [`gelu_avx2`] sixteen lanes at a time, tails by masked loads and stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(src: &[f32], dst: &mut [f32], kind: Gelu) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let full = n / 16 * 16;
+    let tail = ((1u32 << (n % 16)) - 1) as __mmask16;
+    // SAFETY: full loads and stores touch 16 floats below `full`, masked ones the `n - full`
+    // after it.
+    unsafe {
+        for i in (0..full).step_by(16) {
+            let x = _mm512_loadu_ps(src.as_ptr().add(i));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), gelu16(x, kind));
+        }
+        let x = _mm512_maskz_loadu_ps(tail, src.as_ptr().add(full));
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(full), tail, gelu16(x, kind));
+    }
+}
+
+/// [`gelu8`] on sixteen lanes, the same formulas.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gelu16(x: std::arch::x86_64::__m512, kind: Gelu) -> std::arch::x86_64::__m512 {
+    use crate::models::softmax::exp512;
+    use std::arch::x86_64::*;
+    let one = _mm512_set1_ps(1.0);
+    let half_x = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
+    match kind {
+        Gelu::Quick => {
+            let e = exp512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
+            _mm512_div_ps(x, _mm512_add_ps(one, e))
+        }
+        Gelu::Tanh => {
+            let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+            let u = _mm512_mul_ps(
+                _mm512_set1_ps(0.797_884_6),
+                _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), x3, x),
+            );
+            let e = exp512(_mm512_add_ps(u, u));
+            let two = _mm512_set1_ps(2.0);
+            let t = _mm512_sub_ps(two, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+            _mm512_mul_ps(half_x, t)
+        }
+        Gelu::Erf => {
+            let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let a = _mm512_abs_ps(z);
+            let t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(ERF_P), a, one));
+            let mut poly = _mm512_set1_ps(ERF_A[0]);
+            for c in &ERF_A[1..] {
+                poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(*c));
+            }
+            poly = _mm512_mul_ps(poly, t);
+            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+            let erf_abs = _mm512_fnmadd_ps(poly, e, one);
+            // The sign of z on |erf|.
+            let sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN));
+            let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(erf_abs), sign));
+            _mm512_mul_ps(half_x, _mm512_add_ps(one, erf))
+        }
+    }
+}
+
+/// Abramowitz–Stegun 7.1.26: `erf(z) ≈ 1 − t·P(t)·e^{−z²}`, `t = 1 / (1 + p·z)`, for z ≥ 0;
+/// P's coefficients highest degree first.
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152_1,
+    1.421_413_8,
+    -0.284_496_74,
+    0.254_829_6,
+];
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 {
@@ -105,10 +186,10 @@ fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 
             let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
             let sign = _mm256_and_ps(z, _mm256_set1_ps(-0.0));
             let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), z);
-            let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), a, one));
-            let mut poly = _mm256_set1_ps(1.061_405_4);
-            for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
-                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
+            let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), a, one));
+            let mut poly = _mm256_set1_ps(ERF_A[0]);
+            for c in &ERF_A[1..] {
+                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*c));
             }
             poly = _mm256_mul_ps(poly, t);
             let e = crate::models::softmax::exp256(_mm256_sub_ps(
@@ -137,23 +218,43 @@ mod tests {
             let Some(fast) = gelu(&t, kind).unwrap() else {
                 return; // no AVX2 here: nothing to compare
             };
-            let fast = fast.to_vec1::<f32>().unwrap();
-            for (x, y) in xs.iter().zip(fast) {
-                let x64 = f64::from(*x);
-                let exact = match kind {
-                    Gelu::Erf => 0.5 * x64 * (1.0 + erf(x64 / std::f64::consts::SQRT_2)),
-                    Gelu::Tanh => {
-                        let u =
-                            (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
-                        0.5 * x64 * (1.0 + u.tanh())
-                    }
-                    Gelu::Quick => x64 / (1.0 + (-1.702 * x64).exp()),
-                };
-                assert!(
-                    (f64::from(y) - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
-                    "{kind:?}({x}) = {y}, exact {exact}"
-                );
+            let mut outputs = vec![("widest", fast.to_vec1::<f32>().unwrap())];
+            // Each path on its own, where the CPU has it (`gelu` takes the widest).
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut y = vec![0f32; xs.len()];
+                // SAFETY: `gelu` returned Some: AVX2 and FMA are there.
+                unsafe { gelu_avx2(&xs, &mut y, kind) };
+                outputs.push(("avx2", y));
+                if std::is_x86_feature_detected!("avx512f") {
+                    let mut y = vec![0f32; xs.len()];
+                    // SAFETY: the feature was just detected.
+                    unsafe { gelu_avx512(&xs, &mut y, kind) };
+                    outputs.push(("avx512", y));
+                }
             }
+            for (path, fast) in outputs {
+                check(kind, path, &xs, &fast);
+            }
+        }
+    }
+
+    /// `fast` (`path`'s output for `xs`) against `kind` in double precision.
+    fn check(kind: Gelu, path: &str, xs: &[f32], fast: &[f32]) {
+        for (x, &y) in xs.iter().zip(fast) {
+            let x64 = f64::from(*x);
+            let exact = match kind {
+                Gelu::Erf => 0.5 * x64 * (1.0 + erf(x64 / std::f64::consts::SQRT_2)),
+                Gelu::Tanh => {
+                    let u = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
+                    0.5 * x64 * (1.0 + u.tanh())
+                }
+                Gelu::Quick => x64 / (1.0 + (-1.702 * x64).exp()),
+            };
+            assert!(
+                (f64::from(y) - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
+                "{path} {kind:?}({x}) = {y}, exact {exact}"
+            );
         }
     }
 

@@ -139,7 +139,7 @@ unsafe fn softmax_row_avx512(row: &mut [f32]) {
 /// [`exp256`] on sixteen lanes, the same values: the power of two applied by `vscalefps`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+pub(crate) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let lo = _mm512_set1_ps(-87.3);
     let kept = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo);
