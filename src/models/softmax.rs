@@ -141,16 +141,16 @@ unsafe fn softmax_row_avx512(row: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 pub(crate) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    let lo = _mm512_set1_ps(-87.3);
+    let lo = _mm512_set1_ps(EXP_MIN);
     let kept = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo);
-    let x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.0));
+    let x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(EXP_MAX));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm512_set1_ps(1.987_569_1e-4);
-    for c in EXP_POLY {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HIGH), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LOW), r);
+    let mut y = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
     }
     let y = _mm512_fmadd_ps(
@@ -161,8 +161,15 @@ pub(crate) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 
     _mm512_maskz_scalef_ps(kept, y, n)
 }
 
-/// Cephes `expf`'s polynomial after its leading coefficient, highest degree first.
-const EXP_POLY: [f32; 5] = [
+/// Cephes `expf`: inputs are clamped to `[EXP_MIN, EXP_MAX]` (below `EXP_MIN` the result is 0),
+/// `n = round(x / ln 2)`, `r = x - n·ln 2` with ln 2 split in two for precision, and
+/// `e^r ≈ 1 + r + r²·P(r)`, P's coefficients highest degree first.
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.0;
+const LN2_HIGH: f32 = 0.693_359_4;
+const LN2_LOW: f32 = -2.121_944_4e-4;
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
     1.398_199_9e-3,
     8.333_452e-3,
     4.166_579_6e-2,
@@ -170,22 +177,22 @@ const EXP_POLY: [f32; 5] = [
     0.5,
 ];
 
-/// Cephes `expf` on eight lanes: 2^n · P(r) with x = n·ln2 + r; inputs below -87.3 give 0.
+/// Cephes `expf` on eight lanes (see [`EXP_POLY`]), 2^n applied through the exponent bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    let lo = _mm256_set1_ps(-87.3);
+    let lo = _mm256_set1_ps(EXP_MIN);
     let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
-    let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
+    let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(EXP_MAX));
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
     ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    for c in EXP_POLY {
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HIGH), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LOW), r);
+    let mut y = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
     }
     let y = _mm256_fmadd_ps(
