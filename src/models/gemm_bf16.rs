@@ -219,11 +219,11 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
     assert_eq!(x.len(), m * w.k, "x is m × k");
     let n = w.n;
     if m == 0 || n == 0 || w.pairs == 0 {
-        let mut y = vec![0f32; m * n];
-        if let (Some(b), true) = (bias, n > 0) {
-            y.chunks_mut(n).for_each(|row| row.copy_from_slice(b));
-        }
-        return y;
+        // Nothing to sum: each row is the bias.
+        return match bias {
+            Some(b) => b.repeat(m),
+            None => vec![0f32; m * n],
+        };
     }
     // Not cleared: the first block of k of every tile stores its sums (plus bias) over the
     // whole output before any later block adds to them.

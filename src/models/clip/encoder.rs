@@ -205,7 +205,7 @@ fn positions(x: &Tensor, at: &[usize]) -> Result<Tensor> {
     x.reshape((b * n, d))?.index_select(&rows, 0)
 }
 
-/// Rows `at` of a `[len, len]` additive mask as `[batch, 1, 1, len]`, or `None` where they mask
+/// Rows `at` of a `[len, keys]` additive mask as `[batch, 1, 1, keys]`, or `None` where they mask
 /// nothing (a causal mask's last row: the pooled end-of-text position of prompts without
 /// padding), which lets attention take its single-query path.
 fn query_mask_rows(mask: &Tensor, at: &[usize]) -> Result<Option<Tensor>> {
@@ -218,9 +218,9 @@ fn query_mask_rows(mask: &Tensor, at: &[usize]) -> Result<Option<Tensor>> {
         .to_vec1::<f32>()?
         .iter()
         .any(|&v| v != 0.0);
-    let len = rows.dim(1)?;
+    let keys = rows.dim(1)?;
     masks_something
-        .then(|| rows.reshape((at.len(), 1, 1, len)))
+        .then(|| rows.reshape((at.len(), 1, 1, keys)))
         .transpose()
 }
 
