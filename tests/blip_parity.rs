@@ -313,3 +313,9 @@ fn sharded_checkpoint_loads_like_a_single_file() {
             .unwrap()
     );
 }
+
+/// Every test above again with candle's ops only: the path `--device cuda` takes.
+#[test]
+fn parity_holds_with_candle_ops_only() {
+    common::rerun_with_candle_ops_only();
+}

@@ -277,3 +277,9 @@ fn long_clip_prompts_truncate_to_max_positions_keeping_eos() {
     let embeds = model.encode_texts(&long).unwrap();
     assert_eq!(embeds.dims(), &[2, 16]);
 }
+
+/// Every test above again with candle's ops only: the path `--device cuda` takes.
+#[test]
+fn parity_holds_with_candle_ops_only() {
+    common::rerun_with_candle_ops_only();
+}

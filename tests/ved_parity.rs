@@ -248,3 +248,9 @@ fn classifier_pixels_and_logits_match() {
         assert_eq!(top1, want, "{name}: top-1 classes");
     }
 }
+
+/// Every test above again with candle's ops only: the path `--device cuda` takes.
+#[test]
+fn parity_holds_with_candle_ops_only() {
+    common::rerun_with_candle_ops_only();
+}

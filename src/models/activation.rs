@@ -7,7 +7,7 @@
 //! `erf` the Abramowitz–Stegun 7.1.26 rational approximation (absolute error < 1.5e-7).
 
 use super::ops::{par_filled, with_f32_values};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// The GELU variants glance accelerates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum Gelu {
 /// Applies `kind` to a CPU f32 tensor; `None` when the fast path does not apply (other devices,
 /// dtypes, or a CPU without AVX2/FMA), so the caller falls back to candle.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || !simd_available() {
+    if !super::ops::host_f32(x) || !simd_available() {
         return Ok(None);
     }
     const PIECE: usize = 1 << 14;
@@ -207,6 +207,7 @@ fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn matches_the_exact_functions() {

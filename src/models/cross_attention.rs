@@ -15,12 +15,12 @@
 //! compute; folded, each step does a little more arithmetic on the 14 MB of encoder states, which
 //! stay in cache.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use crate::models::few_rows::{dot_rows, mix_rows};
 use crate::models::linear::{axpy_fn, dot_fn};
-use crate::models::ops::with_f32_values;
+use crate::models::ops::{host_f32, with_f32_values};
 
 /// Above this many queries per image (heads × rows × positions) a step takes batched GEMMs.
 const STREAMING_MAX_QUERIES: usize = 64;
@@ -60,9 +60,7 @@ impl CrossAttention {
         }
         let hd = d / heads;
         let value_bias_host = match &value_bias {
-            Some(b) if b.dtype() == DType::F32 && matches!(b.device(), Device::Cpu) => {
-                Some(b.to_vec1::<f32>()?)
-            }
+            Some(b) if host_f32(b) => Some(b.to_vec1::<f32>()?),
             _ => None,
         };
         Ok(Self {
@@ -89,8 +87,8 @@ impl CrossAttention {
         let (h, hd) = (self.heads, d / self.heads);
         let streaming = group * n * h <= STREAMING_MAX_QUERIES
             && [q, memory, &self.key, &self.value]
-                .iter()
-                .all(|t| t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
+                .into_iter()
+                .all(host_f32)
             && self.value_bias.is_some() == self.value_bias_host.is_some();
         if streaming {
             let out = with_f32_values(q, |q| {

@@ -8,13 +8,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::few_rows::dot_rows;
 use super::gemm_bf16::{self, PackedWeights};
-use super::ops::with_f32_values;
+use super::ops::{host_f32, with_f32_values};
 
 /// Inputs with at most this many rows take the streaming path on the CPU.
 const SKINNY_MAX_ROWS: usize = 32;
@@ -27,7 +27,7 @@ static CPU_BF16_MATMUL: AtomicBool = AtomicBool::new(false);
 /// Turns the bf16 matmul path on or off for models loaded afterwards; refused (false) where
 /// the CPU lacks AVX512-BF16.
 pub fn set_cpu_bf16_matmul(on: bool) -> bool {
-    let on = on && gemm_bf16::available();
+    let on = on && gemm_bf16::available() && super::ops::own_kernels();
     CPU_BF16_MATMUL.store(on, Ordering::Relaxed);
     on
 }
@@ -96,11 +96,10 @@ impl Linear {
     fn new_with(weight: Tensor, bias: Option<Tensor>, in_out: bool) -> Self {
         let bias_host = bias
             .as_ref()
-            .filter(|b| matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32)
+            .filter(|b| host_f32(b))
             .and_then(|b| b.to_vec1::<f32>().ok());
         let packable = cpu_bf16_matmul()
-            && matches!(weight.device(), Device::Cpu)
-            && weight.dtype() == DType::F32
+            && host_f32(&weight)
             && weight.rank() == 2
             && bias.is_some() == bias_host.is_some();
         let weight = match packable.then(|| pack_bf16(&weight, in_out)) {
@@ -116,8 +115,7 @@ impl Linear {
 
     fn skinny_applies(&self, weight: &Tensor, rows: usize) -> bool {
         rows <= SKINNY_MAX_ROWS
-            && matches!(weight.device(), Device::Cpu)
-            && weight.dtype() == DType::F32
+            && host_f32(weight)
             && weight.is_contiguous()
             && self.bias.is_some() == self.bias_host.is_some()
     }
@@ -292,6 +290,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn skinny_path_equals_gemm() {

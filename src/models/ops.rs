@@ -1,9 +1,26 @@
 //! Small tensor helpers shared by model implementations.
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use rayon::prelude::*;
+
+/// Whether glance's own CPU kernels (softmax, GELU, attention, few-row and bf16 matmuls, folded
+/// cross-attention) run where they apply. With `GLANCE_CANDLE_OPS=1` in the environment they do
+/// not, and every op goes through candle the way it does on a GPU: the tests run the parity
+/// checks that way too, so the GPU's code path is checked against transformers on any machine.
+pub fn own_kernels() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("GLANCE_CANDLE_OPS").is_none_or(|v| v.is_empty() || v == "0")
+    })
+}
+
+/// Whether `t` is a CPU f32 tensor that glance's own kernels may take.
+pub(crate) fn host_f32(t: &Tensor) -> bool {
+    own_kernels() && matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
 
 /// `hidden_act` from a config: candle's activations plus CLIP's `quick_gelu`, which candle lacks.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
@@ -79,7 +96,7 @@ pub fn by_batch_slices(x: &Tensor, f: impl Fn(usize, &Tensor) -> Result<Tensor>)
 /// `Conv1D` weights at load.
 pub fn transposed(t: &Tensor) -> Result<Tensor> {
     const TILE: usize = 32;
-    if !(matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32) {
+    if !host_f32(t) {
         return t.t()?.contiguous();
     }
     let (rows, cols) = t.dims2()?;
@@ -234,9 +251,7 @@ pub fn causal_mask(new: usize, past: usize, dtype: DType, device: &Device) -> Re
 }
 
 fn all_cpu_f32(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
-    [q, k, v]
-        .iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+    [q, k, v].into_iter().all(host_f32)
 }
 
 /// Attention for one query position per (batch, head), the shape of every decoding step: a

@@ -5,12 +5,12 @@
 //! Cephes single-precision polynomial (relative error ~1e-7) sixteen lanes at a time with
 //! AVX-512, eight with AVX2.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// `softmax(x, dim = -1)`; other devices and dtypes go through candle.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
+    if !super::ops::host_f32(x) {
         return candle_nn::ops::softmax_last_dim(x);
     }
     let x = x.contiguous()?;
@@ -208,6 +208,7 @@ pub(crate) fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn matches_candle_softmax_including_masked_entries() {

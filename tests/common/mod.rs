@@ -103,3 +103,32 @@ pub fn blip_greedy_captions() -> std::collections::HashMap<String, String> {
         })
         .collect()
 }
+
+/// Runs every test of this test binary again in a child process with `GLANCE_CANDLE_OPS=1`, so
+/// that glance's own CPU kernels stay off and every op goes through candle, as on a GPU: the
+/// parity checks then hold the GPU's code path to transformers' outputs on any machine. In the
+/// child (or when the variable is already set) it returns at once.
+pub fn rerun_with_candle_ops_only() {
+    if !glance::models::ops::own_kernels() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("GLANCE_CANDLE_OPS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the tests failed with GLANCE_CANDLE_OPS=1 (candle's ops only):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "GLANCE_CANDLE_OPS=1: {}",
+        summary
+            .lines()
+            .filter(|l| l.starts_with("test result"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
