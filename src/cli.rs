@@ -59,7 +59,8 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
     /// Precision: auto (f32 on CPU, bf16 on GPU), f32, f16 or bf16. On a CPU with AVX512-BF16,
     /// bf16 runs the linear layers' matrix products in bf16 (f32 sums) and keeps everything else
-    /// in f32: about twice as fast, captions and scores close to f32's but not identical.
+    /// in f32: about twice as fast, captions and scores close to f32's but not identical. Other
+    /// CPUs have no bf16 path and refuse it.
     #[arg(long, default_value = "auto")]
     pub dtype: DTypeChoice,
 }

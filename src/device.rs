@@ -94,13 +94,29 @@ pub fn dtype(choice: DTypeChoice, device: &Device) -> DType {
 
 /// The dtype models are loaded in and whether their linear layers take glance's bf16 kernel:
 /// `bf16` on a CPU with AVX512-BF16 keeps the model in f32 and runs the matrix products of the
-/// linear layers with bf16 inputs and f32 sums (twice the f32 rate); elsewhere it is candle's bf16.
-pub fn precision(choice: DTypeChoice, device: &Device) -> (DType, bool) {
+/// linear layers with bf16 inputs and f32 sums (twice the f32 rate); on GPUs it is candle's bf16.
+/// candle has no bf16 matmul on the CPU, so there `bf16` without that kernel is refused up front
+/// rather than failing on every batch.
+pub fn precision(choice: DTypeChoice, device: &Device) -> Result<(DType, bool)> {
     match dtype(choice, device) {
-        DType::BF16 if device.is_cpu() && crate::models::gemm_bf16::available() => {
-            (DType::F32, true)
+        DType::BF16 if device.is_cpu() => {
+            if !crate::models::gemm_bf16::available() {
+                return Err(Error::Options(
+                    "--dtype bf16 on the CPU needs AVX512-BF16, which this CPU lacks: \
+                     use --dtype f32 (exact) or f16"
+                        .into(),
+                ));
+            }
+            if !crate::models::ops::own_kernels() {
+                return Err(Error::Options(
+                    "--dtype bf16 on the CPU runs on glance's bf16 kernel, which \
+                     GLANCE_CANDLE_OPS turns off: use --dtype f32 or f16"
+                        .into(),
+                ));
+            }
+            Ok((DType::F32, true))
         }
-        d => (d, false),
+        d => Ok((d, false)),
     }
 }
 
@@ -135,5 +151,20 @@ mod tests {
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert_eq!("bf16".parse::<DTypeChoice>().unwrap(), DTypeChoice::BF16);
         assert_eq!(dtype(DTypeChoice::Auto, &Device::Cpu), DType::F32);
+    }
+
+    #[test]
+    fn cpu_bf16_is_the_kernel_or_refused() {
+        match precision(DTypeChoice::BF16, &Device::Cpu) {
+            Ok(p) => {
+                assert!(crate::models::gemm_bf16::available());
+                assert_eq!(p, (DType::F32, true));
+            }
+            Err(e) => assert!(e.to_string().contains("--dtype bf16"), "{e}"),
+        }
+        assert_eq!(
+            precision(DTypeChoice::Auto, &Device::Cpu).unwrap(),
+            (DType::F32, false)
+        );
     }
 }

@@ -322,7 +322,7 @@ pub(crate) fn open_device(
     args: &cli::DeviceArgs,
 ) -> Result<(candle_core::Device, candle_core::DType)> {
     let device = glance::device::open(args.device)?;
-    let (dtype, bf16_matmul) = glance::device::precision(args.dtype, &device);
+    let (dtype, bf16_matmul) = glance::device::precision(args.dtype, &device)?;
     glance::models::linear::set_cpu_bf16_matmul(bf16_matmul);
     Ok((device, dtype))
 }

@@ -506,17 +506,43 @@ fn hub_ids_load_from_the_python_cache_offline() {
     );
 }
 
+/// candle has no bf16 matmul on the CPU: `--dtype bf16` there without glance's kernel (here
+/// turned off by `GLANCE_CANDLE_OPS`) stops before any image with one line saying what to use,
+/// instead of writing an error record for every image.
+#[test]
+fn cpu_bf16_without_the_kernel_is_refused_up_front() {
+    let out = glance()
+        .env("GLANCE_CANDLE_OPS", "1")
+        .args(["caption", "-m"])
+        .arg(common::blip_tiny())
+        .args(["--dtype", "bf16"])
+        .arg(common::shared_images().join("camera.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--dtype bf16") && stderr.contains("f32"),
+        "{stderr}"
+    );
+}
+
 /// `--dtype bf16` on a CPU with AVX512-BF16: the model stays f32 and the linear layers run
 /// glance's bf16 kernel. Rounding the matmul inputs to bf16 may flip a near-tie token, but a
 /// kernel that computed the wrong product would change nearly every caption; on the 11 photos
 /// 10 captions agree (measured when this was written).
 #[test]
 fn bf16_matmuls_agree_with_f32_on_most_captions() {
+    let images = common::shared_images();
     if !glance::models::gemm_bf16::available() {
-        eprintln!("no AVX512-BF16 on this CPU: --dtype bf16 uses candle's bf16; not compared");
+        let out = caption(&["--dtype", "bf16", images.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("AVX512-BF16"));
+        eprintln!("no AVX512-BF16 on this CPU: --dtype bf16 is refused; not compared");
         return;
     }
-    let images = common::shared_images();
     let run = |dtype: &str| {
         let out = caption(&["--dtype", dtype, images.to_str().unwrap()]);
         assert!(
