@@ -31,7 +31,8 @@
 #          load are timed separately and NOT included, and
 #        - `glance caption ... -o OUT.jsonl --quiet IMAGES` or `glance classify --labels-file
 #          LABELS --template TEMPLATE --top-k TOP_K ... -o OUT.jsonl --quiet IMAGES` as a whole
-#          process under `/usr/bin/time -v` (its time INCLUDES process start and model load);
+#          process under `/usr/bin/time -v` (benches/timev.py where GNU time is missing; its
+#          time INCLUDES process start and model load);
 #   3. prints a table: images/s each side, ratio glance/transformers, peak RSS each side.
 #      For the classify cases it also says on how many images the top-1 labels agree.
 #
@@ -82,11 +83,9 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 [ -x "$GLANCE" ] || die "no glance binary at $GLANCE (cargo build --release, or set GLANCE=...)"
 [ -d "$IMAGES" ] || die "no images directory $IMAGES (set IMAGES=...)"
 [ -f "$LABELS_FILE" ] || die "no labels file $LABELS_FILE (set LABELS_FILE=...)"
-if [ ! -x /usr/bin/time ]; then
-    echo "installing GNU time (/usr/bin/time) ..." >&2
-    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get install -y time >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y time >/dev/null; }
-fi
+# GNU time where installed; elsewhere (a GPU machine without network) a Python stand-in that
+# reports the same three figures.
+if [ -x /usr/bin/time ]; then TIME_V=(/usr/bin/time -v -o); else TIME_V=("$PYTHON" benches/timev.py -o); fi
 
 # name kind model arg (caption: num_beams; classify: number of labels)
 ALL_CASES=("blip-base-greedy caption blip-base 1" "blip-base-beam3 caption blip-base 3")
@@ -227,7 +226,7 @@ for c in "${RUN_CASES[@]}"; do
         gl_out="$OUT/$name.glance.jsonl" time_txt="$OUT/$name.glance.$r.time"
         rm -f "$gl_out"
         echo "[$name run $r/$REPEAT] glance ... (load average before: $(load))" >&2
-        if ! GLANCE_TIMINGS=1 /usr/bin/time -v -o "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
+        if ! GLANCE_TIMINGS=1 "${TIME_V[@]}" "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
             -o "$gl_out" --quiet "$IMAGES" >"$OUT/$name.glance.$r.log" 2>&1; then
             echo "    glance FAILED ($(sed -n 's/^[[:space:]]*Exit status: /exit status /p' "$time_txt")); its output:" >&2
             sed 's/^/    | /' "$OUT/$name.glance.$r.log" >&2
