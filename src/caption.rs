@@ -322,17 +322,24 @@ impl crate::runner::Stage for CaptionStage {
         &self.name
     }
 
-    fn preprocessor(&self) -> &Preprocessor {
-        self.captioner.preprocessor()
+    fn preprocessors(&self) -> Vec<&Preprocessor> {
+        let mut own = vec![self.captioner.preprocessor()];
+        own.extend(self.reranker.as_ref().map(|judge| judge.preprocessor()));
+        own
     }
 
     fn run(
         &mut self,
         batch: &[crate::runner::Prepared],
-        index: usize,
+        pixels: &[usize],
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-        let pixels: Vec<&[f32]> = batch.iter().map(|p| p.pixels[index].as_slice()).collect();
-        let tensor = self.captioner.pixels_to_tensor(&pixels)?;
+        let of = |k: usize| -> Vec<&[f32]> {
+            batch
+                .iter()
+                .map(|p| p.pixels[pixels[k]].as_slice())
+                .collect()
+        };
+        let tensor = self.captioner.pixels_to_tensor(&of(0))?;
         let seeds: Vec<u64> = batch
             .iter()
             .map(|p| generation::seed_for(self.params.seed, &p.input.display))
@@ -342,14 +349,12 @@ impl crate::runner::Stage for CaptionStage {
             .caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
         let judged: Vec<Option<Vec<f32>>> = match &self.reranker {
             Some(judge) => {
-                let images: Vec<&image::RgbImage> =
-                    batch.iter().map(|p| p.image.as_ref()).collect();
                 let texts: Vec<Vec<String>> = captions
                     .iter()
                     .map(|caps| caps.iter().map(|c| c.text.clone()).collect())
                     .collect();
                 judge
-                    .score_candidates(&images, &texts)?
+                    .score_candidates(&of(1), &texts)?
                     .into_iter()
                     .map(Some)
                     .collect()

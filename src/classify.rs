@@ -341,15 +341,18 @@ impl Stage for ClassifyStage {
         &self.name
     }
 
-    fn preprocessor(&self) -> &Preprocessor {
-        match &self.scorer {
+    fn preprocessors(&self) -> Vec<&Preprocessor> {
+        vec![match &self.scorer {
             Scorer::ZeroShot { model, .. } => model.preprocessor(),
             Scorer::ClosedSet(model) => model.preprocessor(),
-        }
+        }]
     }
 
-    fn run(&mut self, batch: &[Prepared], index: usize) -> Result<Vec<Map<String, Value>>> {
-        let pixels: Vec<&[f32]> = batch.iter().map(|p| p.pixels[index].as_slice()).collect();
+    fn run(&mut self, batch: &[Prepared], pixels: &[usize]) -> Result<Vec<Map<String, Value>>> {
+        let pixels: Vec<&[f32]> = batch
+            .iter()
+            .map(|p| p.pixels[pixels[0]].as_slice())
+            .collect();
         let rows = self.score_pixels(&pixels)?;
         Ok(rows.iter().map(|row| self.fields(row)).collect())
     }

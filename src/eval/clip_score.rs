@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
+use crate::preprocess::Preprocessor;
 use crate::zero_shot::{l2_normalize, load_image_text, ImageTextModel};
 
 /// The paper's rescaling weight.
@@ -41,6 +42,11 @@ impl ClipScorer {
         self.model.name()
     }
 
+    /// The judge's own image processor.
+    pub fn preprocessor(&self) -> &Preprocessor {
+        self.model.preprocessor()
+    }
+
     /// Normalized image embeddings `[n, dim]`, preprocessed with the judge's own processor.
     pub fn embed_images(&self, images: &[&RgbImage]) -> Result<Tensor> {
         if images.is_empty() {
@@ -51,13 +57,18 @@ impl ClipScorer {
             .map(|chunk| {
                 let pixels: Vec<Vec<f32>> = chunk
                     .par_iter()
-                    .map(|img| self.model.preprocessor().apply(img))
+                    .map(|img| self.preprocessor().apply(img))
                     .collect();
-                let tensor = self.model.pixels_to_tensor(&pixels)?;
-                self.model.embed_images(&tensor)
+                self.embed_pixels(&pixels)
             })
             .collect::<Result<Vec<_>>>()?;
         l2_normalize(&Tensor::cat(&chunks, 0)?)
+    }
+
+    /// Image embeddings `[n, dim]`, not normalized, of pixels from [`Self::preprocessor`].
+    fn embed_pixels(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Tensor> {
+        let tensor = self.model.pixels_to_tensor(pixels)?;
+        self.model.embed_images(&tensor)
     }
 
     /// Normalized embeddings `[n, dim]` of captions, each with [`PREFIX`] in front.
@@ -147,14 +158,15 @@ impl ClipScorer {
     }
 
     /// CLIP-S of several candidate captions per image, in order (the reranker's question):
-    /// one vision pass for the images and one text pass for all candidates.
+    /// one vision pass for the images' `pixels` (from [`Self::preprocessor`]) and one text pass
+    /// for all candidates.
     pub fn score_candidates(
         &self,
-        images: &[&RgbImage],
+        pixels: &[&[f32]],
         candidates: &[Vec<String>],
     ) -> Result<Vec<Vec<f32>>> {
-        assert_eq!(images.len(), candidates.len(), "candidates per image");
-        let img = self.embed_images(images)?;
+        assert_eq!(pixels.len(), candidates.len(), "candidates per image");
+        let img = l2_normalize(&self.embed_pixels(pixels)?)?;
         let flat: Vec<String> = candidates.iter().flatten().cloned().collect();
         let txt = self.embed_captions(&flat)?;
         // [all candidates, images]: each image reads its own candidates' rows.

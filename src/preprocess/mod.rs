@@ -21,7 +21,7 @@ pub enum SizeSpec {
 }
 
 /// The subset of `preprocessor_config.json` that decides pixel values.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PreprocessorConfig {
     #[serde(default = "yes")]
     pub do_resize: bool,
@@ -91,8 +91,9 @@ impl PreprocessorConfig {
     }
 }
 
-/// Turns RGB images into normalized CHW float pixels of a fixed size.
-#[derive(Debug, Clone)]
+/// Turns RGB images into normalized CHW float pixels of a fixed size. Equal processors give
+/// equal pixels, so a run computes them once for stages that share one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Preprocessor {
     cfg: PreprocessorConfig,
     filter: Filter,
