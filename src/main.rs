@@ -386,7 +386,9 @@ fn run_stages(
         batch_size: run.batch_size,
         max_image_pixels: run.max_image_pixels,
         progress: !run.quiet,
-        decode_threads: threads.div_ceil(2),
+        // One per core: at most two batches are decoded ahead, so they use the cores while the
+        // model waits for images (big JPEGs through CLIP) and rest while it is ahead.
+        decode_threads: threads,
     };
     runner::run(inputs, early, stages, &resume, sink, &opts)
 }
