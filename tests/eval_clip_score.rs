@@ -328,3 +328,49 @@ fn a_pipeline_caption_stage_can_rerank() {
     assert_eq!(rec["clip_scores"].as_array().unwrap().len(), 3, "{rec}");
     assert!(rec["clip_score"].is_number());
 }
+
+/// RefCLIP-S compares each caption with its own references, in blocks of captions: across block
+/// boundaries (600 captions with one to three references each) every score must equal the
+/// definition computed caption by caption.
+#[test]
+fn ref_clip_score_is_per_caption_across_blocks() {
+    use glance::eval::clip_score::{clip_score, ref_clip_score};
+    let scorer = judge("clip-tiny");
+    let image = glance::image_io::decode(&common::shared_images().join("chelsea.png"), u64::MAX)
+        .unwrap()
+        .rgb;
+    let words = ["cat", "dog", "car", "a person", "a cup", "rocket", "coffee"];
+    let n = 600;
+    let captions: Vec<String> = (0..n).map(|i| format!("{} {i}", words[i % 7])).collect();
+    let references: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            (0..1 + i % 3)
+                .map(|j| format!("{} {}", words[(i + j + 1) % 7], i * j))
+                .collect()
+        })
+        .collect();
+    let images = vec![&image; n];
+    let scores = scorer.score(&images, &captions, Some(&references)).unwrap();
+    let img = scorer.embed_images(&[&image]).unwrap();
+    for i in [0, 1, 255, 256, 257, 511, 512, 599] {
+        let txt = scorer.embed_captions(&captions[i..=i]).unwrap();
+        let refs = scorer.embed_captions(&references[i]).unwrap();
+        let clip_s = clip_score(paired_cosines(&img, &txt).unwrap()[0]);
+        let best = refs
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let r = candle_core::Tensor::new(r.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                paired_cosines(&txt, &r).unwrap()[0]
+            })
+            .fold(f32::NEG_INFINITY, f32::max);
+        let want = ref_clip_score(clip_s, best);
+        let got = scores.ref_clip_score.as_ref().unwrap()[i];
+        assert!((got - want).abs() < 1e-5, "caption {i}: {got} vs {want}");
+        assert!((scores.clip_score[i] - clip_s).abs() < 1e-5, "caption {i}");
+    }
+}

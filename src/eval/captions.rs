@@ -228,35 +228,41 @@ pub fn evaluate_clip(
         .iter()
         .filter(|(name, _)| references.is_none_or(|r| r.contains_key(*name)))
         .collect();
-    let decoded: Vec<(&String, &String, Result<image::RgbImage, String>)> = wanted
-        .par_iter()
-        .map(|(name, caption)| {
-            let file = &preds.files[*name];
-            let path = locate(file);
-            let image = crate::image_io::decode(&path, max_pixels)
-                .map(|d| d.rgb)
-                .map_err(|e| format!("{}: {e}", path.display()));
-            (*name, *caption, image)
-        })
-        .collect();
-    let mut images = Vec::new();
+    // A batch of images at a time is decoded, preprocessed and embedded; only the embeddings
+    // are kept, so a folder of large photos costs their embeddings, not their pixels.
+    let mut embedded = Vec::new();
     let mut captions = Vec::new();
     let mut refs = Vec::new();
     let mut unreadable = Vec::new();
-    for (name, caption, image) in &decoded {
-        match image {
-            Ok(img) => {
-                images.push(img);
-                captions.push((*caption).clone());
-                if let Some(r) = references {
-                    refs.push(r[*name].clone());
+    for chunk in wanted.chunks(super::clip_score::IMAGE_BATCH) {
+        let prepared: Vec<Result<Vec<f32>, String>> = chunk
+            .par_iter()
+            .map(|(name, _)| {
+                let path = locate(&preds.files[*name]);
+                crate::image_io::decode(&path, max_pixels)
+                    .map(|d| scorer.preprocessor().apply(&d.rgb))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect();
+        let mut pixels = Vec::new();
+        for ((name, caption), p) in chunk.iter().zip(prepared) {
+            match p {
+                Ok(p) => {
+                    pixels.push(p);
+                    captions.push((*caption).clone());
+                    if let Some(r) = references {
+                        refs.push(r[*name].clone());
+                    }
                 }
+                Err(e) => unreadable.push(e),
             }
-            Err(e) => unreadable.push(e.clone()),
+        }
+        if !pixels.is_empty() {
+            embedded.push(scorer.embed_pixels(&pixels)?);
         }
     }
     let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
-    if images.is_empty() {
+    if embedded.is_empty() {
         return Ok(ClipReport {
             clip_model: scorer.name().to_string(),
             clip_score: 0.0,
@@ -265,12 +271,13 @@ pub fn evaluate_clip(
             unreadable_images: unreadable,
         });
     }
-    let scores = scorer.score(&images, &captions, references.map(|_| refs.as_slice()))?;
+    let images = candle_core::Tensor::cat(&embedded, 0)?;
+    let scores = scorer.score_embedded(&images, &captions, references.map(|_| refs.as_slice()))?;
     Ok(ClipReport {
         clip_model: scorer.name().to_string(),
         clip_score: mean(&scores.clip_score),
         ref_clip_score: scores.ref_clip_score.as_deref().map(mean),
-        clip_images_scored: images.len(),
+        clip_images_scored: captions.len(),
         unreadable_images: unreadable,
     })
 }

@@ -21,7 +21,9 @@ pub const WEIGHT: f32 = 2.5;
 /// The paper's text prefix, put in front of candidates and references alike.
 pub const PREFIX: &str = "A photo depicts ";
 /// Images per vision-tower pass.
-const IMAGE_BATCH: usize = 32;
+pub const IMAGE_BATCH: usize = 32;
+/// Captions whose references are compared in one product.
+const REFERENCE_BATCH: usize = 256;
 
 /// A CLIP/SigLIP model used as a judge of image–caption agreement.
 pub struct ClipScorer {
@@ -62,13 +64,13 @@ impl ClipScorer {
                 self.embed_pixels(&pixels)
             })
             .collect::<Result<Vec<_>>>()?;
-        l2_normalize(&Tensor::cat(&chunks, 0)?)
+        Ok(Tensor::cat(&chunks, 0)?)
     }
 
-    /// Image embeddings `[n, dim]`, not normalized, of pixels from [`Self::preprocessor`].
-    fn embed_pixels(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Tensor> {
+    /// Normalized image embeddings `[n, dim]` of pixels from [`Self::preprocessor`].
+    pub fn embed_pixels(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Tensor> {
         let tensor = self.model.pixels_to_tensor(pixels)?;
-        self.model.embed_images(&tensor)
+        l2_normalize(&self.model.embed_images(&tensor)?)
     }
 
     /// Normalized embeddings `[n, dim]` of captions, each with [`PREFIX`] in front.
@@ -119,9 +121,20 @@ impl ClipScorer {
         references: Option<&[Vec<String>]>,
     ) -> Result<ClipScores> {
         assert_eq!(images.len(), captions.len(), "one caption per image");
-        let img = self.embed_images(images)?;
+        self.score_embedded(&self.embed_images(images)?, captions, references)
+    }
+
+    /// [`Self::score`] for images already embedded with [`Self::embed_images`] or
+    /// [`Self::embed_pixels`], `[n, dim]`.
+    pub fn score_embedded(
+        &self,
+        img: &Tensor,
+        captions: &[String],
+        references: Option<&[Vec<String>]>,
+    ) -> Result<ClipScores> {
+        assert_eq!(img.dim(0)?, captions.len(), "one caption per image");
         let txt = self.embed_captions(captions)?;
-        let clip_s: Vec<f32> = paired_cosines(&img, &txt)?
+        let clip_s: Vec<f32> = paired_cosines(img, &txt)?
             .into_iter()
             .map(clip_score)
             .collect();
@@ -132,24 +145,35 @@ impl ClipScorer {
             });
         };
         assert_eq!(references.len(), captions.len(), "references per caption");
+        if let Some(i) = references.iter().position(|r| r.is_empty()) {
+            return Err(Error::Options(format!(
+                "RefCLIPScore needs a reference for every caption; caption {i} has none"
+            )));
+        }
         let flat: Vec<String> = references.iter().flatten().cloned().collect();
         let refs = self.embed_captions(&flat)?;
-        // [n captions, all references]: each caption reads its own references' columns.
-        let sims: Vec<Vec<f32>> = txt.matmul(&refs.t()?)?.to_vec2()?;
-        let mut start = 0;
+        // Each caption against its own references: a block of captions at a time with the
+        // references of that block, which follow one another in `refs`.
         let mut ref_s = Vec::with_capacity(captions.len());
-        for (i, r) in references.iter().enumerate() {
-            if r.is_empty() {
-                return Err(Error::Options(format!(
-                    "RefCLIPScore needs a reference for every caption; caption {i} has none"
-                )));
+        let mut start = 0;
+        for (block, refs_of) in references.chunks(REFERENCE_BATCH).enumerate() {
+            let count: usize = refs_of.iter().map(Vec::len).sum();
+            let first = block * REFERENCE_BATCH;
+            let sims: Vec<Vec<f32>> = txt
+                .narrow(0, first, refs_of.len())?
+                .matmul(&refs.narrow(0, start, count)?.t()?)?
+                .to_dtype(DType::F32)?
+                .to_vec2()?;
+            let mut at = 0;
+            for (i, r) in refs_of.iter().enumerate() {
+                let best = sims[i][at..at + r.len()]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                ref_s.push(ref_clip_score(clip_s[first + i], best));
+                at += r.len();
             }
-            let best = sims[i][start..start + r.len()]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            ref_s.push(ref_clip_score(clip_s[i], best));
-            start += r.len();
+            start += count;
         }
         Ok(ClipScores {
             clip_score: clip_s,
@@ -166,7 +190,7 @@ impl ClipScorer {
         candidates: &[Vec<String>],
     ) -> Result<Vec<Vec<f32>>> {
         assert_eq!(pixels.len(), candidates.len(), "candidates per image");
-        let img = l2_normalize(&self.embed_pixels(pixels)?)?;
+        let img = self.embed_pixels(pixels)?;
         let flat: Vec<String> = candidates.iter().flatten().cloned().collect();
         let txt = self.embed_captions(&flat)?;
         // [all candidates, images]: each image reads its own candidates' rows.
