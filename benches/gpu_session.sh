@@ -13,15 +13,21 @@
 #     benches/gpu_session.sh run                     # every case
 #     CASES=classify benches/gpu_session.sh run      # or a subset (bench.sh's CASES)
 #
+# Time (an estimate; nothing here has run on a GPU yet): writing the models 1-2 minutes, the
+# cases a few minutes together. Under a 10-minute limit per command, split the work with
+# CASES=caption and CASES=classify if the first call shows it is needed.
+#
 # `run` checks the GPU and the CUDA libraries, unpacks the binary, checks that it captions on the
 # GPU, writes the real-size random-weight models with benches/make_models.py (into
 # $GPU_MODELS [/tmp/bench-models]), then runs benches/bench.sh with DEVICE=cuda, bf16 on both
 # sides and batch sizes that fill a large GPU. The table goes to stdout and, with the run's logs,
 # to $OUT/gpu-bench.log when OUT is set.
 #
-# Environment (defaults in brackets): PYTHON [python3]   CASES [all]   BENCH_LARGE [1]
+# Environment (defaults in brackets): PYTHON [the python3 on PATH]   CASES [all]   BENCH_LARGE [1]
 #   BATCH [64]   BATCH_ZS [256]   IMAGES_TIMES [50: 550 images]   REPEAT [1]
 #   DTYPE [bf16]   TF_DTYPE [bfloat16]   GPU_MODELS [/tmp/bench-models]
+#   DEVICE [cuda]: cpu tries the script's plumbing on a machine without a GPU, with a CPU
+#   binary packed by GLANCE_CUDA=target/release/glance benches/gpu_session.sh pack
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -59,12 +65,17 @@ run() {
     log=${log:-/tmp/gpu-bench.log}
     exec > >(tee "$log") 2>&1
     local started=$SECONDS
-    nvidia-smi -L || die "no GPU"
+    local device=${DEVICE:-cuda}
+    if [[ $device == cuda* ]]; then nvidia-smi -L || die "no GPU"; fi
     "$PYTHON" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())'
     local libs
     libs=$(cuda_lib_path)
     [ -n "$libs" ] || die "no CUDA 13 libraries under the nvidia Python packages"
     export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # The driver's libcuda.so.1, where the machine keeps it outside the loader's default path.
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+        if [ -e "$d/libcuda.so.1" ]; then LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"; break; fi
+    done
     local glance=/tmp/glance-cuda
     gunzip -c "$CARRY/glance.gz" > "$glance" && chmod +x "$glance"
     ldd "$glance" | grep -E "not found|cublas|curand|cudart|libcuda" || true
@@ -77,20 +88,21 @@ run() {
     "$PYTHON" benches/make_models.py --out "$models" --which "$which"
     echo "== models written after $((SECONDS - started)) s"
 
-    echo "== smoke test: two captions on the GPU"
-    "$glance" caption -m "$models/blip-base" --device cuda --max-new-tokens 5 \
+    echo "== smoke test: two captions on $device"
+    "$glance" caption -m "$models/blip-base" --device "$device" --max-new-tokens 5 \
         "$CARRY/images/chelsea.png" "$CARRY/images/rocket.jpg"
 
     echo "== benchmark"
     BENCH_MODELS="$models" BENCH_OUT=/tmp/bench-out PYTHON="$PYTHON" GLANCE="$glance" \
-        IMAGES="$CARRY/images" DEVICE=cuda DTYPE="${DTYPE:-bf16}" TF_DTYPE="${TF_DTYPE:-bfloat16}" \
+        IMAGES="$CARRY/images" DEVICE="$device" DTYPE="${DTYPE:-bf16}" TF_DTYPE="${TF_DTYPE:-bfloat16}" \
         BATCH="${BATCH:-64}" BATCH_ZS="${BATCH_ZS:-256}" IMAGES_TIMES="${IMAGES_TIMES:-50}" \
         REPEAT="${REPEAT:-1}" BENCH_LARGE="${BENCH_LARGE:-1}" CASES="${CASES:-}" \
         benches/bench.sh
     echo "== done after $((SECONDS - started)) s"
 }
 
-PYTHON=${PYTHON:-python3}
+# bench.sh wants a path, not a command name.
+PYTHON=${PYTHON:-$(command -v python3 || echo python3)}
 case "${1:-}" in
     pack) pack ;;
     run) run ;;
