@@ -3,7 +3,7 @@
 
 pub mod config;
 pub(crate) mod encoder;
-mod text;
+pub(crate) mod text;
 mod vision;
 
 use candle_core::{DType, Module, Tensor};

@@ -11,9 +11,34 @@ use crate::models::ops::causal_mask;
 /// The eos id old openai configs carry; transformers then pools at `argmax(input_ids)`.
 const LEGACY_EOS_TOKEN_ID: u32 = 2;
 
-pub struct TextModel {
+/// `embeddings.token_embedding` and `embeddings.position_embedding` of CLIP's and SigLIP's text
+/// towers.
+pub struct TextEmbeddings {
     token_embedding: Embedding,
     position_embedding: Embedding,
+}
+
+impl TextEmbeddings {
+    /// `vb` is `text_model.embeddings`.
+    pub fn new(vocab_size: usize, positions: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            token_embedding: embedding(vocab_size, hidden, vb.pp("token_embedding"))?,
+            position_embedding: embedding(positions, hidden, vb.pp("position_embedding"))?,
+        })
+    }
+
+    /// Token plus position embeddings of `ids` `[n, len]` standing at positions `start..`.
+    pub fn forward(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
+        let len = ids.dim(1)?;
+        let positions = Tensor::arange(start as u32, (start + len) as u32, ids.device())?;
+        self.token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)
+    }
+}
+
+pub struct TextModel {
+    embeddings: TextEmbeddings,
     encoder: Encoder,
     final_layer_norm: LayerNorm,
     eos_token_id: u32,
@@ -23,13 +48,12 @@ impl TextModel {
     /// `vb` is `text_model`.
     pub fn new(cfg: &ClipTextConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let emb = vb.pp("embeddings");
         Ok(Self {
-            token_embedding: embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
-            position_embedding: embedding(
+            embeddings: TextEmbeddings::new(
+                cfg.vocab_size,
                 cfg.max_position_embeddings,
                 d,
-                emb.pp("position_embedding"),
+                vb.pp("embeddings"),
             )?,
             encoder: Encoder::new(&cfg.encoder_shape(), vb.pp("encoder"))?,
             final_layer_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
@@ -57,28 +81,23 @@ impl TextModel {
             _ => 0,
         };
         let prefix = if shared > 0 {
-            let x = self.embed(&ids.narrow(0, 0, 1)?.narrow(1, 0, shared)?, 0)?;
+            let x = self
+                .embeddings
+                .forward(&ids.narrow(0, 0, 1)?.narrow(1, 0, shared)?, 0)?;
             let mask = causal_mask(shared, 0, x.dtype(), x.device())?;
             Some(self.encoder.prefix(&x, Some(&mask))?)
         } else {
             None
         };
-        let x = self.embed(&ids.narrow(1, shared, len - shared)?, shared)?;
+        let x = self
+            .embeddings
+            .forward(&ids.narrow(1, shared, len - shared)?, shared)?;
         let mask = causal_mask(len - shared, shared, x.dtype(), x.device())?;
         let at: Vec<usize> = pooled.iter().map(|&p| p - shared).collect();
         let x = self
             .encoder
             .forward_at(&x, prefix.as_ref(), Some(&mask), &at)?;
         self.final_layer_norm.forward(&x)
-    }
-
-    /// Token plus position embeddings of `ids` `[n, len]` standing at positions `start..`.
-    fn embed(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
-        let len = ids.dim(1)?;
-        let positions = Tensor::arange(start as u32, (start + len) as u32, ids.device())?;
-        self.token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)
     }
 
     // Matches CLIPTextTransformer.forward: legacy configs (eos_token_id == 2) pool at the first
