@@ -6,6 +6,8 @@
 //! time. These use the Cephes `exp` of `softmax.rs`: `tanh(u) = 1 − 2/(e^{2u} + 1)`, and for
 //! `erf` the Abramowitz–Stegun 7.1.26 rational approximation (absolute error < 1.5e-7).
 
+use std::sync::OnceLock;
+
 use super::ops::{par_filled, with_f32_values};
 use candle_core::{Result, Tensor};
 
@@ -23,39 +25,46 @@ pub enum Gelu {
 /// Applies `kind` to a CPU f32 tensor; `None` when the fast path does not apply (other devices,
 /// dtypes, or a CPU without AVX2/FMA), so the caller falls back to candle.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
-    if !super::ops::host_f32(x) || !simd_available() {
+    let Some(gelu_run) = widest_gelu().filter(|_| super::ops::host_f32(x)) else {
         return Ok(None);
-    }
+    };
     const PIECE: usize = 1 << 14;
-    #[cfg(target_arch = "x86_64")]
-    let wide = std::is_x86_feature_detected!("avx512f");
     // Straight from the input's storage into the output's, one pass over each.
     let data = with_f32_values(x, |src| {
         par_filled(src.len(), PIECE, 0f32, |i, out| {
-            let src = &src[i * PIECE..][..out.len()];
-            // SAFETY: `simd_available` checked AVX2 and FMA, `wide` AVX-512F.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                if wide {
-                    gelu_avx512(src, out, kind)
-                } else {
-                    gelu_avx2(src, out, kind)
-                }
-            }
+            gelu_run(&src[i * PIECE..][..out.len()], out, kind)
         })
     })?;
     Ok(Some(Tensor::from_vec(data, x.shape(), x.device())?))
 }
 
-fn simd_available() -> bool {
+/// `dst[i] = kind(src[i])` over a run of values.
+type GeluRun = fn(&[f32], &mut [f32], Gelu);
+
+/// The widest GELU this CPU runs, chosen once; `None` without AVX2 and FMA.
+fn widest_gelu() -> Option<GeluRun> {
+    static WIDEST: OnceLock<Option<GeluRun>> = OnceLock::new();
+    *WIDEST.get_or_init(|| gelu_paths().last().map(|&(_, run)| run))
+}
+
+/// Every GELU this CPU runs, narrowest first (none without AVX2 and FMA): calls take the last,
+/// the test checks each.
+fn gelu_paths() -> Vec<(&'static str, GeluRun)> {
+    let mut paths: Vec<(&'static str, GeluRun)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        paths.push(("avx2", |src, dst, kind| unsafe {
+            gelu_avx2(src, dst, kind)
+        }));
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            paths.push(("avx512", |src, dst, kind| unsafe {
+                gelu_avx512(src, dst, kind)
+            }));
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    paths
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -220,23 +229,12 @@ mod tests {
             let Some(fast) = gelu(&t, kind).unwrap() else {
                 return; // no AVX2 here: nothing to compare
             };
-            let mut outputs = vec![("widest", fast.to_vec1::<f32>().unwrap())];
+            check(kind, "widest", &xs, &fast.to_vec1::<f32>().unwrap());
             // Each path on its own, where the CPU has it (`gelu` takes the widest).
-            #[cfg(target_arch = "x86_64")]
-            {
+            for (path, run) in gelu_paths() {
                 let mut y = vec![0f32; xs.len()];
-                // SAFETY: `gelu` returned Some: AVX2 and FMA are there.
-                unsafe { gelu_avx2(&xs, &mut y, kind) };
-                outputs.push(("avx2", y));
-                if std::is_x86_feature_detected!("avx512f") {
-                    let mut y = vec![0f32; xs.len()];
-                    // SAFETY: the feature was just detected.
-                    unsafe { gelu_avx512(&xs, &mut y, kind) };
-                    outputs.push(("avx512", y));
-                }
-            }
-            for (path, fast) in outputs {
-                check(kind, path, &xs, &fast);
+                run(&xs, &mut y, kind);
+                check(kind, path, &xs, &y);
             }
         }
     }

@@ -5,6 +5,8 @@
 //! Cephes single-precision polynomial (relative error ~1e-7) sixteen lanes at a time with
 //! AVX-512, eight with AVX2.
 
+use std::sync::OnceLock;
+
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
@@ -29,22 +31,36 @@ pub(crate) fn softmax_rows(data: &mut [f32], n: usize) {
 /// Softmax of one row, in place.
 type SoftmaxRow = fn(&mut [f32]);
 
-/// The widest softmax this CPU runs, chosen once per call: AVX-512 (all three passes sixteen
-/// lanes at a time), else AVX2's `exp` between scalar passes for the maximum and the scaling,
-/// else scalar.
+/// The widest softmax this CPU runs, chosen once: AVX-512 (all three passes sixteen lanes at a
+/// time), else AVX2's `exp` between scalar passes for the maximum and the scaling, else scalar.
 fn softmax_row_fn() -> SoftmaxRow {
+    static WIDEST: OnceLock<SoftmaxRow> = OnceLock::new();
+    *WIDEST.get_or_init(|| {
+        softmax_row_paths()
+            .last()
+            .expect("scalar is always there")
+            .1
+    })
+}
+
+/// Every softmax this CPU runs, narrowest first: calls take the last, the tests check each.
+fn softmax_row_paths() -> Vec<(&'static str, SoftmaxRow)> {
+    let mut paths: Vec<(&'static str, SoftmaxRow)> =
+        vec![("scalar", |row| softmax_row_with(row, exp_row_scalar))];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return |row| unsafe { softmax_row_avx512(row) };
-        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected.
-            return |row| softmax_row_with(row, |r, max| unsafe { exp_row_avx2(r, max) });
+            paths.push(("avx2", |row| {
+                softmax_row_with(row, |r, max| unsafe { exp_row_avx2(r, max) })
+            }));
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            paths.push(("avx512", |row| unsafe { softmax_row_avx512(row) }));
         }
     }
-    |row| softmax_row_with(row, exp_row_scalar)
+    paths
 }
 
 /// Softmax of a row around `exp_row`, which replaces each `v` by `exp(v - max)` and returns the
@@ -252,22 +268,7 @@ mod tests {
                 "rows of {n}"
             );
             // Each path on its own, where the CPU has it (the entry points take the widest).
-            let mut paths: Vec<(&str, SoftmaxRow)> =
-                vec![("scalar", |row| softmax_row_with(row, exp_row_scalar))];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were just detected.
-                    paths.push(("avx2", |row| {
-                        softmax_row_with(row, |r, max| unsafe { exp_row_avx2(r, max) })
-                    }));
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the feature was just detected.
-                    paths.push(("avx512", |row| unsafe { softmax_row_avx512(row) }));
-                }
-            }
-            for (path, softmax_row) in paths {
+            for (path, softmax_row) in softmax_row_paths() {
                 let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 rows.chunks_mut(n).for_each(softmax_row);
                 let got = Tensor::from_vec(rows, (6, n), &dev).unwrap();
