@@ -12,7 +12,7 @@ fn main() {
     let (mut dec, mut prep) = (0.0, 0.0);
     for path in &args[1..] {
         let t = Instant::now();
-        let d = glance::image_io::decode(path.as_ref(), u64::MAX).unwrap();
+        let d = glance::preprocess::decode::decode(path.as_ref(), u64::MAX).unwrap();
         dec += t.elapsed().as_secs_f64();
         let t = Instant::now();
         std::hint::black_box(pre.apply(&d.rgb));

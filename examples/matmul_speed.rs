@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use glance::models::gemm_bf16::{self, PackedWeights};
+use glance::kernels::gemm_bf16::{self, PackedWeights};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()

@@ -100,14 +100,14 @@ pub fn dtype(choice: DTypeChoice, device: &Device) -> DType {
 pub fn precision(choice: DTypeChoice, device: &Device) -> Result<(DType, bool)> {
     match dtype(choice, device) {
         DType::BF16 if device.is_cpu() => {
-            if !crate::models::gemm_bf16::available() {
+            if !crate::kernels::gemm_bf16::available() {
                 return Err(Error::Options(
                     "--dtype bf16 on the CPU needs AVX512-BF16, which this CPU lacks: \
                      use --dtype f32 (exact) or f16"
                         .into(),
                 ));
             }
-            if !crate::models::ops::own_kernels() {
+            if !crate::kernels::own_kernels() {
                 return Err(Error::Options(
                     "--dtype bf16 on the CPU runs on glance's bf16 kernel, which \
                      GLANCE_CANDLE_OPS turns off: use --dtype f32 or f16"
@@ -122,7 +122,7 @@ pub fn precision(choice: DTypeChoice, device: &Device) -> Result<(DType, bool)> 
 
 /// How the precision is shown to people: "F32", "BF16", or "bf16 matmuls, f32 activations".
 pub fn describe_precision(dtype: DType) -> String {
-    if dtype == DType::F32 && crate::models::linear::cpu_bf16_matmul() {
+    if dtype == DType::F32 && crate::kernels::cpu_bf16_matmul() {
         "bf16 matmuls, f32 activations".into()
     } else {
         format!("{dtype:?}")
@@ -157,7 +157,7 @@ mod tests {
     fn cpu_bf16_is_the_kernel_or_refused() {
         match precision(DTypeChoice::BF16, &Device::Cpu) {
             Ok(p) => {
-                assert!(crate::models::gemm_bf16::available());
+                assert!(crate::kernels::gemm_bf16::available());
                 assert_eq!(p, (DType::F32, true));
             }
             Err(e) => assert!(e.to_string().contains("--dtype bf16"), "{e}"),

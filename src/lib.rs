@@ -1,25 +1,25 @@
 //! glance: caption, classify and label folders of images with Hugging Face vision–language
 //! models, on candle.
+//!
+//! The crate is built in floors, each using only the ones below it: [`run`] (folder runs,
+//! pipelines) → [`tasks`] (caption, classify, label: the API a CLI or server calls) →
+//! [`generation`] (the decode loop) → [`models`] (one folder per family) → [`layers`] →
+//! [`kernels`]. [`preprocess`], [`output`], [`load`], [`device`] and [`error`] sit at the bottom,
+//! used from above; [`eval`] scores a run's output and uses tasks for CLIPScore. The `glance`
+//! binary's `cli` sits on top of them all.
 
-pub mod alloc;
-pub mod caption;
-pub mod classify;
 pub mod device;
 pub mod error;
 pub mod eval;
 pub mod generation;
-pub mod hub;
-pub mod image_io;
-pub mod inputs;
+pub mod kernels;
+pub mod layers;
+pub mod load;
 pub mod models;
 pub mod output;
-pub mod pipeline;
 pub mod preprocess;
-pub mod prompts;
-pub mod runner;
-pub mod sort;
-pub mod weights;
-pub mod zero_shot;
+pub mod run;
+pub mod tasks;
 
 pub use error::{Error, Result};
 

@@ -5,9 +5,9 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use glance::caption::Captioner;
 use glance::generation::GenerationParams;
-use glance::hub::{ModelFiles, ModelSource};
+use glance::load::hub::{ModelFiles, ModelSource};
+use glance::tasks::caption::Captioner;
 
 fn captioner() -> Captioner {
     let files = ModelFiles::new(ModelSource::Local(common::blip_tiny())).unwrap();
@@ -48,7 +48,7 @@ fn preprocessing_matches_transformers_pil_processor() {
     let images = common::shared_images();
     for (i, name) in reference["images"].as_array().unwrap().iter().enumerate() {
         let name = name.as_str().unwrap();
-        let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
+        let decoded = glance::preprocess::decode::decode(&images.join(name), u64::MAX).unwrap();
         let ours = cap
             .pixels_to_tensor(&[cap.preprocessor().apply(&decoded.rgb)])
             .unwrap();
@@ -81,7 +81,7 @@ fn preprocessing_at_blip_base_size_matches() {
         .enumerate()
     {
         let name = name.as_str().unwrap();
-        let decoded = glance::image_io::decode(&images.join(name), u64::MAX).unwrap();
+        let decoded = glance::preprocess::decode::decode(&images.join(name), u64::MAX).unwrap();
         let px = Tensor::from_vec(p.apply(&decoded.rgb), (3, 384, 384), &Device::Cpu).unwrap();
         let sub: Vec<Tensor> = (0..3)
             .map(|c| {

@@ -536,7 +536,7 @@ fn cpu_bf16_without_the_kernel_is_refused_up_front() {
 #[test]
 fn bf16_matmuls_agree_with_f32_on_most_captions() {
     let images = common::shared_images();
-    if !glance::models::gemm_bf16::available() {
+    if !glance::kernels::gemm_bf16::available() {
         let out = caption(&["--dtype", "bf16", images.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&out.stderr).contains("AVX512-BF16"));

@@ -713,7 +713,7 @@ fn closed_set_classifier_uses_its_own_classes() {
         assert_eq!(rec["predictions"].as_array().unwrap().len(), 2);
         assert!(sorted
             .path()
-            .join(glance::sort::dir_name(label))
+            .join(glance::run::sort::dir_name(label))
             .join(&name)
             .exists());
     }

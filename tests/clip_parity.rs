@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use glance::hub::{ModelFiles, ModelSource};
-use glance::zero_shot::{load_image_text, ImageTextModel};
+use glance::load::hub::{ModelFiles, ModelSource};
+use glance::tasks::zero_shot::{load_image_text, ImageTextModel};
 
 /// Pixel values in normalized units: PNGs bit-exact, JPEGs within one 8-bit level (see
 /// blip_parity.rs: PIL's libjpeg-turbo and zune-jpeg may round differently).
@@ -76,7 +76,7 @@ fn check_pixels(name: &str) {
     let images = common::shared_images();
     let mut worst = (0f32, 0f32);
     for (i, image) in strings(&reference["images"]).iter().enumerate() {
-        let decoded = glance::image_io::decode(&images.join(image), u64::MAX).unwrap();
+        let decoded = glance::preprocess::decode::decode(&images.join(image), u64::MAX).unwrap();
         let ours = model
             .pixels_to_tensor(&[model.preprocessor().apply(&decoded.rgb)])
             .unwrap();
@@ -255,7 +255,7 @@ fn siglip_text_attends_to_padding() {
 #[test]
 fn captioner_rejects_image_text_models() {
     let files = ModelFiles::new(ModelSource::Local(fixture("clip-tiny"))).unwrap();
-    let err = glance::caption::Captioner::load(&files, &Device::Cpu, DType::F32)
+    let err = glance::tasks::caption::Captioner::load(&files, &Device::Cpu, DType::F32)
         .err()
         .unwrap()
         .to_string();

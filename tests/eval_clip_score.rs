@@ -10,8 +10,8 @@ mod common;
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use glance::eval::clip_score::{paired_cosines, ClipScorer};
-use glance::hub::{ModelFiles, ModelSource};
+use glance::load::hub::{ModelFiles, ModelSource};
+use glance::tasks::clip_score::{paired_cosines, ClipScorer};
 use serde_json::Value;
 
 /// Mean scores against transformers' float32 (absolute).
@@ -88,7 +88,7 @@ fn check_cosines(name: &str) {
     let images: Vec<image::RgbImage> = names
         .iter()
         .map(|n| {
-            glance::image_io::decode(&images_dir.join(n), u64::MAX)
+            glance::preprocess::decode::decode(&images_dir.join(n), u64::MAX)
                 .unwrap()
                 .rgb
         })
@@ -334,11 +334,12 @@ fn a_pipeline_caption_stage_can_rerank() {
 /// definition computed caption by caption.
 #[test]
 fn ref_clip_score_is_per_caption_across_blocks() {
-    use glance::eval::clip_score::{clip_score, ref_clip_score};
+    use glance::tasks::clip_score::{clip_score, ref_clip_score};
     let scorer = judge("clip-tiny");
-    let image = glance::image_io::decode(&common::shared_images().join("chelsea.png"), u64::MAX)
-        .unwrap()
-        .rgb;
+    let image =
+        glance::preprocess::decode::decode(&common::shared_images().join("chelsea.png"), u64::MAX)
+            .unwrap()
+            .rgb;
     let words = ["cat", "dog", "car", "a person", "a cup", "rocket", "coffee"];
     let n = 600;
     let captions: Vec<String> = (0..n).map(|i| format!("{} {i}", words[i % 7])).collect();

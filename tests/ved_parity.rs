@@ -9,10 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use glance::caption::Captioner;
-use glance::classify::{load_recognizer, Recognizer};
 use glance::generation::GenerationParams;
-use glance::hub::{ModelFiles, ModelSource};
+use glance::load::hub::{ModelFiles, ModelSource};
+use glance::tasks::caption::Captioner;
+use glance::tasks::classify::{load_recognizer, Recognizer};
 
 /// Pixel values in normalized units: PNGs bit-exact, JPEGs within one 8-bit level (different
 /// JPEG decoders; see blip_parity.rs).
@@ -58,7 +58,8 @@ fn check_pixels(dir: &Path, preprocess: &dyn Fn(&image::RgbImage) -> Tensor) {
     for (i, name) in reference["images"].as_array().unwrap().iter().enumerate() {
         let name = name.as_str().unwrap();
         let decoded =
-            glance::image_io::decode(&common::shared_images().join(name), u64::MAX).unwrap();
+            glance::preprocess::decode::decode(&common::shared_images().join(name), u64::MAX)
+                .unwrap();
         let ours = preprocess(&decoded.rgb);
         let diff = common::max_abs_diff(&ours, &expected.i(i).unwrap());
         let tolerance = if name.ends_with(".jpg") {

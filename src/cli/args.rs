@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use glance::device::{DTypeChoice, DeviceChoice};
-use glance::inputs::Shard;
 use glance::output::{Existing, Format};
+use glance::run::inputs::Shard;
 
-pub use glance::pipeline::{DEFAULT_CAPTION_MODEL, DEFAULT_ZERO_SHOT_MODEL};
+pub use glance::run::pipeline::{DEFAULT_CAPTION_MODEL, DEFAULT_ZERO_SHOT_MODEL};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +77,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
     /// Refuse images with more pixels than this (decompression-bomb guard; PIL's limit by default).
-    #[arg(long, default_value_t = glance::image_io::DEFAULT_MAX_IMAGE_PIXELS)]
+    #[arg(long, default_value_t = glance::preprocess::decode::DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
     /// No progress bar, no summary line.
     #[arg(long, short = 'q')]
@@ -203,7 +203,7 @@ pub struct LabelArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
     /// At most this many tags per image, best first.
-    #[arg(long, default_value_t = glance::pipeline::default_max_tags())]
+    #[arg(long, default_value_t = glance::run::pipeline::default_max_tags())]
     pub max_tags: usize,
 }
 

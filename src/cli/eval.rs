@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::cli::{EvalCaptionsArgs, EvalClassifyArgs};
+use super::args::{EvalCaptionsArgs, EvalClassifyArgs};
 use glance::eval::captions;
 
 pub fn captions(args: EvalCaptionsArgs) -> Result<ExitCode> {
@@ -20,8 +20,8 @@ pub fn captions(args: EvalCaptionsArgs) -> Result<ExitCode> {
         .map(|r| captions::evaluate(&predictions, r));
     let clip = match &args.clip_model {
         Some(model) => {
-            let (device, dtype) = crate::open_device(&args.device)?;
-            let judge = crate::load_judge(model, args.clip_revision.as_deref(), &device, dtype)?;
+            let (device, dtype) = super::open_device(&args.device)?;
+            let judge = super::load_judge(model, args.clip_revision.as_deref(), &device, dtype)?;
             let predictions_dir = args
                 .predictions
                 .parent()
@@ -34,7 +34,7 @@ pub fn captions(args: EvalCaptionsArgs) -> Result<ExitCode> {
                 &predictions,
                 references.as_ref(),
                 locate,
-                glance::image_io::DEFAULT_MAX_IMAGE_PIXELS,
+                glance::preprocess::decode::DEFAULT_MAX_IMAGE_PIXELS,
             )?)
         }
         None => None,

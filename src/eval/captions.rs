@@ -216,7 +216,7 @@ pub fn locate_image(
 /// Scores the predictions that the n-gram metrics score (those with references) or, without
 /// references, every successful prediction, with `scorer` as the judge.
 pub fn evaluate_clip(
-    scorer: &super::clip_score::ClipScorer,
+    scorer: &crate::tasks::clip_score::ClipScorer,
     preds: &Predictions,
     references: Option<&BTreeMap<String, Vec<String>>>,
     locate: impl Fn(&str) -> std::path::PathBuf + Sync,
@@ -234,12 +234,12 @@ pub fn evaluate_clip(
     let mut captions = Vec::new();
     let mut refs = Vec::new();
     let mut unreadable = Vec::new();
-    for chunk in wanted.chunks(super::clip_score::IMAGE_BATCH) {
+    for chunk in wanted.chunks(crate::tasks::clip_score::IMAGE_BATCH) {
         let prepared: Vec<Result<Vec<f32>, String>> = chunk
             .par_iter()
             .map(|(name, _)| {
                 let path = locate(&preds.files[*name]);
-                crate::image_io::decode(&path, max_pixels)
+                crate::preprocess::decode::decode(&path, max_pixels)
                     .map(|d| scorer.preprocessor().apply(&d.rgb))
                     .map_err(|e| format!("{}: {e}", path.display()))
             })

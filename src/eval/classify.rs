@@ -107,7 +107,7 @@ fn read_truth_dir(root: &Path) -> Result<Truth> {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_file())
             .map(|e| e.into_path())
-            .filter(|p| crate::inputs::has_image_extension(p))
+            .filter(|p| crate::run::inputs::has_image_extension(p))
             .collect();
         files.sort();
         for file in files {

@@ -3,7 +3,6 @@
 
 pub mod captions;
 pub mod classify;
-pub mod clip_score;
 pub mod heatmap;
 pub mod metrics;
 pub mod ptb;

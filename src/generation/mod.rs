@@ -7,93 +7,11 @@
 mod beam;
 pub mod logits;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-
-/// One layer's cached self-attention keys/values, shape `[rows, heads, len, head_dim]`.
-#[derive(Debug, Clone, Default)]
-pub struct LayerCache {
-    pub self_kv: Option<(Tensor, Tensor)>,
-}
-
-/// A decoder's state across steps: one entry per layer, the number of cached positions and the
-/// images' encoder states that every layer's cross-attention reads (see
-/// [`crate::models::cross_attention`]).
-///
-/// The encoder states hold one row per image; the decoder runs `group` consecutive rows per
-/// image (beams, or several samples), which share them instead of copying them.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    pub layers: Vec<LayerCache>,
-    pub seq_len: usize,
-    pub group: usize,
-    /// `[images, positions, dim]`.
-    pub memory: Tensor,
-}
-
-impl KvCache {
-    /// A fresh cache for `layers` layers attending to `memory` (the encoder states), with no
-    /// self-attention entries yet.
-    pub fn new(layers: usize, memory: Tensor) -> Self {
-        Self {
-            layers: vec![LayerCache::default(); layers],
-            seq_len: 0,
-            group: 1,
-            memory,
-        }
-    }
-
-    /// Runs `group` rows per image from now on (before the first step).
-    pub fn set_group(&mut self, group: usize) {
-        self.group = group.max(1);
-    }
-
-    /// Keeps, reorders or drops decoder rows; `rows` index the current rows. While every image
-    /// keeps whole groups of consecutive rows, encoder states stay shared (one per image); when
-    /// rows of an image finish at different times (sampling several captions), they are
-    /// expanded to one per row.
-    pub fn select(&mut self, rows: &[u32], device: &candle_core::Device) -> Result<()> {
-        let group = self.group.max(1) as u32;
-        let whole_groups = rows.len().is_multiple_of(group as usize)
-            && rows
-                .chunks(group as usize)
-                .all(|c| c.iter().all(|r| r / group == c[0] / group));
-        let images: Vec<u32> = if whole_groups {
-            rows.iter()
-                .step_by(group as usize)
-                .map(|r| r / group)
-                .collect()
-        } else {
-            self.group = 1;
-            rows.iter().map(|r| r / group).collect()
-        };
-        let unchanged = self.memory.dim(0)? == images.len()
-            && images.iter().enumerate().all(|(i, &m)| i as u32 == m);
-        let rows = Tensor::new(rows, device)?;
-        for layer in &mut self.layers {
-            if let Some((k, v)) = &layer.self_kv {
-                layer.self_kv = Some((k.index_select(&rows, 0)?, v.index_select(&rows, 0)?));
-            }
-        }
-        if !unchanged {
-            self.memory = self.memory.index_select(&Tensor::new(images, device)?, 0)?;
-        }
-        Ok(())
-    }
-}
-
-/// What a text decoder provides to the decode loop.
-pub trait TextDecoder: Send + Sync {
-    /// A fresh cache for a batch of encoder outputs `[rows, positions, dim]`.
-    fn new_cache(&self, encoder_hidden: &Tensor) -> Result<KvCache>;
-
-    /// Feeds `ids` `[rows, n]` after the cached positions and returns the logits of the last
-    /// position, `[rows, vocab]`.
-    fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
-
-    fn device(&self) -> &Device;
-}
+use crate::layers::kv_cache::KvCache;
+use crate::models::{StopTokens, TextDecoder};
 
 /// `generation_config`'s `early_stopping`: `False` (heuristic), `True`, or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -170,13 +88,6 @@ impl GenerationParams {
         }
         Ok(())
     }
-}
-
-/// Token ids that end or pad a sequence.
-#[derive(Debug, Clone)]
-pub struct StopTokens {
-    pub eos: Vec<u32>,
-    pub pad: u32,
 }
 
 /// One generated sequence: the prompt followed by new tokens (end-of-sequence included when

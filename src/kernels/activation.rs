@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use super::ops::{par_filled, with_f32_values};
+use super::{par_filled, with_f32_values};
 use candle_core::{Result, Tensor};
 
 /// The GELU variants glance accelerates.
@@ -25,7 +25,7 @@ pub enum Gelu {
 /// Applies `kind` to a CPU f32 tensor; `None` when the fast path does not apply (other devices,
 /// dtypes, or a CPU without AVX2/FMA), so the caller falls back to candle.
 pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
-    let Some(gelu_run) = widest_gelu().filter(|_| super::ops::host_f32(x)) else {
+    let Some(gelu_run) = widest_gelu().filter(|_| super::host_f32(x)) else {
         return Ok(None);
     };
     const PIECE: usize = 1 << 14;
@@ -117,7 +117,7 @@ unsafe fn gelu_avx512(src: &[f32], dst: &mut [f32], kind: Gelu) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn gelu16(x: std::arch::x86_64::__m512, kind: Gelu) -> std::arch::x86_64::__m512 {
-    use crate::models::softmax::exp512;
+    use crate::kernels::softmax::exp512;
     use std::arch::x86_64::*;
     let one = _mm512_set1_ps(1.0);
     let half_x = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
@@ -176,7 +176,7 @@ fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 
     match kind {
         Gelu::Quick => {
             // x / (1 + e^{-1.702x})
-            let e = crate::models::softmax::exp256(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)));
+            let e = crate::kernels::softmax::exp256(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)));
             _mm256_div_ps(x, _mm256_add_ps(one, e))
         }
         Gelu::Tanh => {
@@ -186,7 +186,7 @@ fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 
                 _mm256_set1_ps(0.797_884_6),
                 _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x),
             );
-            let e = crate::models::softmax::exp256(_mm256_add_ps(u, u));
+            let e = crate::kernels::softmax::exp256(_mm256_add_ps(u, u));
             let two = _mm256_set1_ps(2.0);
             let t = _mm256_sub_ps(two, _mm256_div_ps(two, _mm256_add_ps(e, one)));
             _mm256_mul_ps(half_x, t)
@@ -202,7 +202,7 @@ fn gelu8(x: std::arch::x86_64::__m256, kind: Gelu) -> std::arch::x86_64::__m256 
                 poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*c));
             }
             poly = _mm256_mul_ps(poly, t);
-            let e = crate::models::softmax::exp256(_mm256_sub_ps(
+            let e = crate::kernels::softmax::exp256(_mm256_sub_ps(
                 _mm256_setzero_ps(),
                 _mm256_mul_ps(a, a),
             ));

@@ -2,7 +2,7 @@
 //! (an image's encoder states): `A·Bᵀ` and `P·B` without packing `B`, register-blocked with
 //! AVX-512 where the CPU has it, one dot product or axpy per pair of rows elsewhere.
 
-use crate::models::linear::{axpy_fn, dot_fn};
+use rayon::prelude::*;
 
 /// `out[i·n + j] = a_i · b_j` for the `m` rows of `a` and the `n` rows of `b`, all `k` long.
 pub fn dot_rows(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, out: &mut [f32]) {
@@ -173,6 +173,134 @@ mod avx512 {
     }
 }
 
+/// `y[r, j] = x[r, :] · w[j, :] + bias[j]` for `rows` input rows and `out` weight rows of length `k`.
+pub fn skinny_matmul(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    out: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    const STRIP: usize = 32;
+    let mut strips = vec![0f32; rows * out];
+    if rows == 0 {
+        return strips;
+    }
+    // Each parallel task takes STRIP weight rows: their columns of the result, rows × width.
+    strips
+        .par_chunks_mut(STRIP * rows)
+        .enumerate()
+        .for_each(|(c, block)| {
+            let width = block.len() / rows;
+            dot_rows(x, rows, &w[c * STRIP * k..][..width * k], width, k, block)
+        });
+    let mut y = vec![0f32; rows * out];
+    for (c, block) in strips.chunks(STRIP * rows).enumerate() {
+        let width = block.len() / rows;
+        for (r, values) in block.chunks_exact(width).enumerate() {
+            let dst = &mut y[r * out + c * STRIP..][..width];
+            for (j, (d, v)) in dst.iter_mut().zip(values).enumerate() {
+                *d = v + bias.map_or(0.0, |b| b[c * STRIP + j]);
+            }
+        }
+    }
+    y
+}
+
+pub(crate) type DotFn = fn(&[f32], &[f32]) -> f32;
+
+/// The fastest dot product this CPU supports.
+pub(crate) fn dot_fn() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |a, b| unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable
+}
+
+pub(crate) type AxpyFn = fn(f32, &[f32], &mut [f32]);
+
+/// `y += a · x` with the widest fused multiply-add this CPU supports.
+pub(crate) fn axpy_fn() -> AxpyFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return |a, x, y| unsafe { axpy_avx2(a, x, y) };
+        }
+    }
+    axpy_portable
+}
+
+fn axpy_portable(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = x.mul_add(a, *y);
+    }
+}
+
+/// The portable loop, compiled with AVX2 and FMA enabled so that it becomes `vfmadd` on 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    axpy_portable(a, x, y)
+}
+
+/// Eight independent lanes, which the compiler maps to SIMD registers.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[i * 8 + l] * b[i * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at offsets below `n`, checked by the loop bounds.
+    unsafe {
+        while i + 32 <= n {
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * l;
+                *acc =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +352,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn portable_dot_matches_naive() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot_portable(&a, &b) - naive).abs() < 1e-3);
+        assert!((dot_fn()(&a, &b) - naive).abs() < 1e-3);
+    }
+
+    #[test]
+    fn axpy_adds_a_scaled_row() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
+        let mut y: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let expected: Vec<f32> = x.iter().zip(&y).map(|(x, y)| y + 3.0 * x).collect();
+        axpy_fn()(3.0, &x, &mut y);
+        assert!(y.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::ops::par_filled;
+use super::par_filled;
 
 /// Output columns per panel: two 16-lane registers.
 pub const NR: usize = 32;

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 /// `softmax(x, dim = -1)`; other devices and dtypes go through candle.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !super::ops::host_f32(x) {
+    if !super::host_f32(x) {
         return candle_nn::ops::softmax_last_dim(x);
     }
     let x = x.contiguous()?;
@@ -236,7 +236,7 @@ mod tests {
         let x = x.broadcast_add(&Tensor::new(mask, &dev).unwrap()).unwrap();
         let ours = softmax_last_dim(&x).unwrap();
         let reference = candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let diff = crate::models::max_abs_diff(&ours, &reference);
+        let diff = crate::kernels::max_abs_diff(&ours, &reference);
         assert!(diff < 1e-6, "{diff}");
         let masked = ours
             .narrow(2, 31, 6)
@@ -258,13 +258,13 @@ mod tests {
             let x = (Tensor::randn(0f32, 1.0, (6, n), &dev).unwrap() * 30.0).unwrap();
             let ours = softmax_last_dim(&x).unwrap();
             let reference = candle_nn::ops::softmax_last_dim(&x).unwrap();
-            let diff = crate::models::max_abs_diff(&ours, &reference);
+            let diff = crate::kernels::max_abs_diff(&ours, &reference);
             assert!(diff < 1e-6, "rows of {n}: {diff}");
             let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             softmax_rows(&mut rows, n);
             let direct = Tensor::from_vec(rows, (6, n), &dev).unwrap();
             assert!(
-                crate::models::max_abs_diff(&direct, &reference) < 1e-6,
+                crate::kernels::max_abs_diff(&direct, &reference) < 1e-6,
                 "rows of {n}"
             );
             // Each path on its own, where the CPU has it (the entry points take the widest).
@@ -272,7 +272,7 @@ mod tests {
                 let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 rows.chunks_mut(n).for_each(softmax_row);
                 let got = Tensor::from_vec(rows, (6, n), &dev).unwrap();
-                let diff = crate::models::max_abs_diff(&got, &reference);
+                let diff = crate::kernels::max_abs_diff(&got, &reference);
                 assert!(diff < 1e-6, "{path}, rows of {n}: {diff}");
             }
         }

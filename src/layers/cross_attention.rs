@@ -18,9 +18,9 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use crate::models::few_rows::{dot_rows, mix_rows};
-use crate::models::linear::{axpy_fn, dot_fn};
-use crate::models::ops::{host_f32, with_f32_values};
+use crate::kernels::few_rows::{axpy_fn, dot_fn};
+use crate::kernels::few_rows::{dot_rows, mix_rows};
+use crate::kernels::{host_f32, with_f32_values};
 
 /// Above this many queries per image (heads × rows × positions) a step takes batched GEMMs.
 const STREAMING_MAX_QUERIES: usize = 64;
@@ -107,7 +107,7 @@ impl CrossAttention {
             .contiguous()?
             .reshape((images, group * n * h, e))?;
         let scores = qk.matmul(&memory.transpose(1, 2)?)?;
-        let probs = crate::models::softmax::softmax_last_dim(&scores)?;
+        let probs = crate::kernels::softmax::softmax_last_dim(&scores)?;
         let mixed = probs.matmul(memory)?;
         // Back per head through the value weight: [h, rows·n, hd].
         let ctx = mixed
@@ -174,7 +174,7 @@ impl CrossAttention {
                 }
                 let mut scores = vec![0f32; g * s];
                 dot_rows(&rows, g, states, s, e, &mut scores);
-                crate::models::softmax::softmax_rows(&mut scores, s);
+                crate::kernels::softmax::softmax_rows(&mut scores, s);
                 mix_rows(&scores, g, states, s, e, out);
             });
         let mixed_row = |head: usize, query: usize| {
@@ -265,7 +265,7 @@ mod tests {
             let folded = CrossAttention::new(&wk, &wv, Some(bv.clone()), heads, 1.0 / 8f64.sqrt())?
                 .attend(&q, &memory, group)?;
             let plain = reference(&q, &memory, [&wk, &bk, &wv, &bv], heads, group)?;
-            let diff = crate::models::max_abs_diff(&folded, &plain);
+            let diff = crate::kernels::max_abs_diff(&folded, &plain);
             assert!(
                 diff < 1e-4,
                 "{images} images × {group} rows × {n} positions: {diff}"

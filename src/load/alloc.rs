@@ -1,6 +1,6 @@
 //! glance's global allocator, installed by the `glance` binary: jemalloc, zeroed allocations
 //! cleared with memset, and model weights mapped straight from their safetensors files and handed
-//! out as ordinary `Vec<f32>` buffers (see [`crate::weights`]).
+//! out as ordinary `Vec<f32>` buffers (see [`crate::load::weights`]).
 //!
 //! Why map: candle keeps a tensor's values in a `Vec`, so a loader must copy the file into fresh
 //! anonymous memory, and on this 2-core VM the kernel's clearing of those fresh pages
@@ -99,7 +99,7 @@ fn release(_: *mut u8, _: usize) {}
 const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // SAFETY: every allocation comes from jemalloc; alloc_zeroed clears exactly the bytes it
-// returns; a pointer inside a registered mapping (created by `crate::weights` for a buffer of
+// returns; a pointer inside a registered mapping (created by `crate::load::weights` for a buffer of
 // that layout) is never passed to jemalloc.
 #[cfg(not(target_env = "msvc"))]
 unsafe impl std::alloc::GlobalAlloc for Allocator {

@@ -2,7 +2,7 @@
 //!
 //! Safetensors files (single or sharded): where glance's allocator is the global one (the
 //! `glance` binary), f32 tensors are the file's own pages — a private mapping whose buffers
-//! [`crate::alloc`] knows how to free — so loading copies nothing and a tensor's pages are read
+//! [`crate::load::alloc`] knows how to free — so loading copies nothing and a tensor's pages are read
 //! in when first used. Elsewhere (the library in other programs, tests) tensors are read one by
 //! one into their own buffers, which keeps memory at the weights plus one tensor, where candle's
 //! memory-mapped loader would hold every mapped page until the end. `pytorch_model.bin` goes
@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::hub::Weights;
+use crate::load::hub::Weights;
 
 pub fn var_builder(
     weights: &Weights,
@@ -66,7 +66,7 @@ struct Entry {
 /// An index of the tensors in one or more safetensors files, read on demand.
 pub struct SafetensorsFiles {
     files: Vec<(PathBuf, Mutex<File>)>,
-    /// Each file's private mapping, where [`crate::alloc::map_file`] made one.
+    /// Each file's private mapping, where [`crate::load::alloc::map_file`] made one.
     mappings: Vec<Option<Mapping>>,
     entries: HashMap<String, Entry>,
     /// Tensors already handed out as buffers in a mapping: a second load of one is read
@@ -97,7 +97,7 @@ fn mark_overlaps(entries: &mut HashMap<String, Entry>) {
     }
 }
 
-/// A file mapping registered with [`crate::alloc`]; it lives as long as the process.
+/// A file mapping registered with [`crate::load::alloc`]; it lives as long as the process.
 struct Mapping(*mut u8);
 
 // SAFETY: the mapping is never unmapped, and each tensor's range is handed out to one buffer
@@ -164,7 +164,7 @@ impl SafetensorsFiles {
                     },
                 );
             }
-            mappings.push(crate::alloc::map_file(&file, file_len as usize).map(Mapping));
+            mappings.push(crate::load::alloc::map_file(&file, file_len as usize).map(Mapping));
             files.push((path.clone(), Mutex::new(file)));
         }
         mark_overlaps(&mut entries);

@@ -1,39 +1,45 @@
-//! Model families, chosen from `config.json`, and the narrow traits tasks use.
+//! Model families, chosen from `config.json` ([`Architecture`]), and the narrow traits tasks and
+//! the decode loop use. One folder per family, built from [`crate::layers`]; a family knows
+//! nothing of tasks, runs or the CLI.
 
-pub mod activation;
 pub mod blip;
 pub mod clip;
 pub mod convnext;
-pub mod cross_attention;
-pub mod few_rows;
-pub mod gemm_bf16;
 pub mod gpt2;
-pub mod linear;
-pub mod ops;
 pub mod resnet;
 pub mod siglip;
-pub mod softmax;
 pub mod swin;
 pub mod vision_encoder_decoder;
 pub mod vit;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-/// The largest absolute difference between two tensors of one shape, for unit tests.
-#[cfg(test)]
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-        .expect("tensors of one shape")
-}
-
 use crate::error::{Error, Result};
-use crate::generation::{StopTokens, TextDecoder};
+use crate::layers::kv_cache::KvCache;
 
 /// Turns preprocessed pixels `[batch, 3, H, W]` into features `[batch, positions, dim]`.
 pub trait ImageEncoder: Send + Sync {
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+/// What a text decoder provides to the decode loop.
+pub trait TextDecoder: Send + Sync {
+    /// A fresh cache for a batch of encoder outputs `[rows, positions, dim]`.
+    fn new_cache(&self, encoder_hidden: &Tensor) -> Result<KvCache>;
+
+    /// Feeds `ids` `[rows, n]` after the cached positions and returns the logits of the last
+    /// position, `[rows, vocab]`.
+    fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+
+    fn device(&self) -> &Device;
+}
+
+/// Token ids that end or pad a sequence.
+#[derive(Debug, Clone)]
+pub struct StopTokens {
+    pub eos: Vec<u32>,
+    pub pad: u32,
 }
 
 /// How similarities become scores.

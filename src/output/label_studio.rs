@@ -44,7 +44,7 @@ fn choices(rec: &Record) -> Vec<String> {
                 _ => None,
             })
             .collect(),
-        (_, Some(Value::String(label))) if label != crate::classify::UNKNOWN => vec![label.clone()],
+        (_, Some(Value::String(label))) if label != crate::output::UNKNOWN => vec![label.clone()],
         _ => Vec::new(),
     }
 }

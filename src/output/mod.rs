@@ -65,7 +65,7 @@ mod sidecar;
 
 pub use json::journal_path;
 pub use label_studio::LabelStudioOptions;
-pub use record::{csv_cell, value_text, Record};
+pub use record::{csv_cell, number, value_text, Record, UNKNOWN};
 
 use std::collections::HashSet;
 use std::fmt;

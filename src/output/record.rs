@@ -85,6 +85,18 @@ impl Record {
     }
 }
 
+/// The label written when no class is confident enough.
+pub const UNKNOWN: &str = "unknown";
+
+/// An f32 as the JSON number that prints like it (0.9, not 0.899999976158142).
+pub fn number(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 /// The text of a field for a sidecar or a caption: strings as-is, numbers and booleans printed, arrays joined
 /// by ", " (an object with a string "label" gives its label), other objects as JSON; `None` for null.
 pub fn value_text(value: &Value) -> Option<String> {

@@ -1,5 +1,6 @@
 //! Image preprocessing driven by `preprocessor_config.json`, following transformers' slow
 //! (PIL-based) image processors: resize → center crop → rescale → normalize, channels first.
+//! Decoding with EXIF orientation ([`decode`]) and Pillow-exact resampling live here too.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+pub mod decode;
 mod resample;
 pub use resample::Filter;
 

@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
-use crate::caption::{CaptionStage, Captioner};
-use crate::classify::{default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer};
 use crate::error::{Error, Result};
 use crate::generation::GenerationParams;
-use crate::hub::{ModelFiles, ModelSource};
-use crate::prompts;
-use crate::runner::Stage;
+use crate::load::hub::{ModelFiles, ModelSource};
+use crate::tasks::caption::{CaptionStage, Captioner};
+use crate::tasks::classify::{default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer};
+use crate::tasks::prompts;
+use crate::tasks::Stage;
 
 /// The captioning model used when none is named.
 pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
@@ -39,13 +39,16 @@ pub const DEFAULT_ZERO_SHOT_MODEL: &str = "openai/clip-vit-base-patch32";
 const PRESETS: &[(&str, &str)] = &[
     (
         "caption-tags",
-        include_str!("../pipelines/caption-tags.toml"),
+        include_str!("../../pipelines/caption-tags.toml"),
     ),
     (
         "coco-annotate",
-        include_str!("../pipelines/coco-annotate.toml"),
+        include_str!("../../pipelines/coco-annotate.toml"),
     ),
-    ("sort-photos", include_str!("../pipelines/sort-photos.toml")),
+    (
+        "sort-photos",
+        include_str!("../../pipelines/sort-photos.toml"),
+    ),
 ];
 
 /// A parsed pipeline file.
@@ -428,8 +431,11 @@ impl StageSpec {
                     Some("clip") => {
                         let judge_files =
                             model_files(&options.clip_model, &None, DEFAULT_ZERO_SHOT_MODEL)?;
-                        let judge =
-                            crate::eval::clip_score::ClipScorer::load(&judge_files, device, dtype)?;
+                        let judge = crate::tasks::clip_score::ClipScorer::load(
+                            &judge_files,
+                            device,
+                            dtype,
+                        )?;
                         stage = stage.rerank_with(judge)?;
                     }
                     Some(other) => {

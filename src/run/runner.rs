@@ -9,36 +9,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::inputs::Input;
+use crate::kernels::on_compute_pool;
 use crate::output::{is_broken_pipe, Record, RecordSink, ResumeState, Summary};
 use crate::preprocess::Preprocessor;
-
-/// One image ready for the stages: its pixels for each distinct preprocessor of the run. The
-/// decoded image itself is dropped once they are made: a 12-megapixel photo is 36 MB of RGB
-/// against 0.6 MB of pixels at 224².
-pub struct Prepared {
-    pub input: Input,
-    pub width: u32,
-    pub height: u32,
-    /// CHW buffers; a stage learns which are its own from the indices [`Stage::run`] gets.
-    pub pixels: Vec<Vec<f32>>,
-}
-
-/// A step of a run: turns a batch of prepared images into record fields, one map per image.
-pub trait Stage: Send {
-    /// The stage's name ("caption", "classify", "label" or a pipeline's own): a field another stage
-    /// already wrote is stored as `<name>_<field>` instead.
-    fn name(&self) -> &str;
-    /// The image processors whose pixels the stage reads: its model's, and a judge's where it
-    /// has one (a caption stage that reranks).
-    fn preprocessors(&self) -> Vec<&Preprocessor>;
-    /// `pixels[k]` is the `Prepared::pixels` entry made by the stage's `k`-th preprocessor.
-    fn run(
-        &mut self,
-        batch: &[Prepared],
-        pixels: &[usize],
-    ) -> crate::Result<Vec<Map<String, Value>>>;
-}
+use crate::run::inputs::Input;
+use crate::tasks::{Prepared, Stage};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -63,7 +38,7 @@ pub struct RunReport {
 }
 
 enum Item {
-    Ready(Prepared),
+    Ready(Input, Prepared),
     Failed(Record),
 }
 
@@ -120,7 +95,7 @@ pub fn run(
             }
         });
         for items in rx.iter() {
-            let (ready, order): (Vec<Prepared>, Vec<Option<Record>>) = split(items);
+            let (inputs, ready, order) = split(items);
             let mut fields = vec![Map::new(); ready.len()];
             let mut batch_error: Option<String> = None;
             for (s, stage) in stages.iter_mut().enumerate() {
@@ -142,16 +117,15 @@ pub fn run(
                     }
                 }
             }
-            let mut ready_iter = ready.into_iter().zip(fields);
+            let mut ready_iter = inputs.into_iter().zip(ready).zip(fields);
             for slot in order {
                 let rec = match slot {
                     Some(failed) => failed,
                     None => {
-                        let (p, f) = ready_iter
+                        let ((input, p), f) = ready_iter
                             .next()
                             .expect("one prepared image per empty slot");
-                        let rec =
-                            Record::new(p.input.display.clone()).with_path(p.input.path.clone());
+                        let rec = Record::new(input.display).with_path(input.path);
                         match &batch_error {
                             Some(e) => rec.with_error(e.clone()),
                             None => {
@@ -224,28 +198,19 @@ fn write(
 
 /// Splits a batch into the images to run and, in input order, `None` for each of those or the
 /// error record of an input that could not be prepared.
-fn split(items: Vec<Item>) -> (Vec<Prepared>, Vec<Option<Record>>) {
-    let mut ready = Vec::new();
-    let mut order = Vec::new();
+fn split(items: Vec<Item>) -> (Vec<Input>, Vec<Prepared>, Vec<Option<Record>>) {
+    let (mut inputs, mut ready, mut order) = (Vec::new(), Vec::new(), Vec::new());
     for item in items {
         match item {
-            Item::Ready(p) => {
+            Item::Ready(input, p) => {
+                inputs.push(input);
                 ready.push(p);
                 order.push(None);
             }
             Item::Failed(r) => order.push(Some(r)),
         }
     }
-    (ready, order)
-}
-
-/// Runs `f` on a worker of rayon's global pool, where the matmuls and kernels split their work:
-/// that worker then takes its share of each parallel section directly, instead of this thread
-/// waking the pool and sleeping until every section is done.
-pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let mut out = None;
-    rayon::scope(|_| out = Some(f()));
-    out.expect("the scope ran its closure")
+    (inputs, ready, order)
 }
 
 /// The run's distinct preprocessors and, per stage, the indices of its own among them.
@@ -272,17 +237,21 @@ fn distinct_preprocessors(stages: &[&mut dyn Stage]) -> (Vec<Preprocessor>, Vec<
 
 fn prepare(input: &Input, preprocessors: &[Preprocessor], max_pixels: u64) -> Item {
     // A panic in a decoder is a bug in a dependency; it must not take the run down.
-    let decoded = std::panic::catch_unwind(|| crate::image_io::decode(&input.path, max_pixels))
-        .unwrap_or_else(|_| Err("the image decoder crashed on this file".to_string()));
+    let decoded =
+        std::panic::catch_unwind(|| crate::preprocess::decode::decode(&input.path, max_pixels))
+            .unwrap_or_else(|_| Err("the image decoder crashed on this file".to_string()));
     match decoded {
         Ok(d) => {
             let pixels = preprocessors.iter().map(|p| p.apply(&d.rgb)).collect();
-            Item::Ready(Prepared {
-                input: input.clone(),
-                width: d.width,
-                height: d.height,
-                pixels,
-            })
+            Item::Ready(
+                input.clone(),
+                Prepared {
+                    name: input.display.clone(),
+                    width: d.width,
+                    height: d.height,
+                    pixels,
+                },
+            )
         }
         Err(message) => Item::Failed(
             Record::new(input.display.clone())

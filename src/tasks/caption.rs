@@ -5,12 +5,12 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::eval::clip_score::ClipScorer;
-use crate::generation::{self, GenerationParams, StopTokens};
-use crate::hub::ModelFiles;
-use crate::models::{self, Architecture, CaptionParts, PromptStyle};
+use crate::generation::{self, GenerationParams};
+use crate::load::hub::ModelFiles;
+use crate::load::{load_tokenizer, read_json, weights};
+use crate::models::{self, Architecture, CaptionParts, PromptStyle, StopTokens};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
-use crate::weights;
+use crate::tasks::clip_score::ClipScorer;
 
 /// One caption of one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,19 +29,6 @@ pub struct Captioner {
     device: Device,
     dtype: DType,
     name: String,
-}
-
-pub fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
-    let path = files.get("tokenizer.json")?;
-    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
-}
-
-pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
 }
 
 impl Captioner {
@@ -296,7 +283,7 @@ fn caption_fields(
             fields.insert("score".into(), f64::from(score).into());
         }
         if let Some(scores) = &judged {
-            fields.insert("clip_score".into(), crate::classify::number(scores[best]));
+            fields.insert("clip_score".into(), crate::output::number(scores[best]));
         }
     }
     if caps.len() > 1 {
@@ -311,13 +298,13 @@ fn caption_fields(
         }
     }
     if let Some(scores) = judged {
-        let all: Vec<serde_json::Value> = scores.into_iter().map(crate::classify::number).collect();
+        let all: Vec<serde_json::Value> = scores.into_iter().map(crate::output::number).collect();
         fields.insert("clip_scores".into(), all.into());
     }
     fields
 }
 
-impl crate::runner::Stage for CaptionStage {
+impl crate::tasks::Stage for CaptionStage {
     fn name(&self) -> &str {
         &self.name
     }
@@ -330,7 +317,7 @@ impl crate::runner::Stage for CaptionStage {
 
     fn run(
         &mut self,
-        batch: &[crate::runner::Prepared],
+        batch: &[crate::tasks::Prepared],
         pixels: &[usize],
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         let of = |k: usize| -> Vec<&[f32]> {
@@ -342,7 +329,7 @@ impl crate::runner::Stage for CaptionStage {
         let tensor = self.captioner.pixels_to_tensor(&of(0))?;
         let seeds: Vec<u64> = batch
             .iter()
-            .map(|p| generation::seed_for(self.params.seed, &p.input.display))
+            .map(|p| generation::seed_for(self.params.seed, &p.name))
             .collect();
         let captions = self
             .captioner

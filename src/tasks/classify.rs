@@ -5,17 +5,14 @@
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 
-use crate::caption::read_json;
 use crate::error::{Error, Result};
-use crate::hub::ModelFiles;
+use crate::load::hub::ModelFiles;
+use crate::load::{read_json, weights};
 use crate::models::{Architecture, ClassifierConfig, ImageClassifier, Scoring};
+use crate::output::{number, UNKNOWN};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
-use crate::runner::{Prepared, Stage};
-use crate::weights;
-use crate::zero_shot::{load_image_text, ImageTextModel};
-
-/// The label written when no class is confident enough.
-pub const UNKNOWN: &str = "unknown";
+use crate::tasks::zero_shot::{load_image_text, ImageTextModel};
+use crate::tasks::{Prepared, Stage};
 
 /// Default `--threshold` for per-label scores when none is given: SigLIP's sigmoid probabilities
 /// of true matches are often well below one half, and CLIP ViT-B cosines of matching pairs are
@@ -201,8 +198,8 @@ impl ClassifyStage {
         mode: Mode,
         name: impl Into<String>,
     ) -> Result<Self> {
-        crate::prompts::check_labels(&labels, "the labels")?;
-        crate::prompts::check_templates(templates, "the templates")?;
+        crate::tasks::prompts::check_labels(&labels, "the labels")?;
+        crate::tasks::prompts::check_templates(templates, "the templates")?;
         match &mode {
             Mode::Classify { top_k: 0, .. } => {
                 return Err(Error::Options("--top-k must be at least 1".into()))
@@ -213,7 +210,7 @@ impl ClassifyStage {
             _ => {}
         }
         let text_embeds =
-            crate::runner::on_compute_pool(|| model.ensemble_text_embeds(&labels, templates))?;
+            crate::kernels::on_compute_pool(|| model.ensemble_text_embeds(&labels, templates))?;
         Ok(Self {
             scorer: Scorer::ZeroShot { model, text_embeds },
             labels,
@@ -367,15 +364,6 @@ fn rank(scores: &[f32]) -> Vec<(usize, f32)> {
             .then(a.0.cmp(&b.0))
     });
     ranked
-}
-
-/// An f32 as the JSON number that prints like it (0.9, not 0.899999976158142).
-pub fn number(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
 }
 
 #[cfg(test)]

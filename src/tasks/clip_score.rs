@@ -12,9 +12,9 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::hub::ModelFiles;
+use crate::load::hub::ModelFiles;
 use crate::preprocess::Preprocessor;
-use crate::zero_shot::{l2_normalize, load_image_text, ImageTextModel};
+use crate::tasks::zero_shot::{l2_normalize, load_image_text, ImageTextModel};
 
 /// The paper's rescaling weight.
 pub const WEIGHT: f32 = 2.5;

@@ -7,14 +7,17 @@ use crate::error::{Error, Result};
 
 /// Shipped template sets, by name (`prompts/templates/NAME.txt`).
 const TEMPLATES: &[(&str, &str)] = &[
-    ("default", include_str!("../prompts/templates/default.txt")),
-    ("single", include_str!("../prompts/templates/single.txt")),
+    (
+        "default",
+        include_str!("../../prompts/templates/default.txt"),
+    ),
+    ("single", include_str!("../../prompts/templates/single.txt")),
 ];
 
 /// Shipped vocabularies, by name (`prompts/vocab/NAME.txt`).
 const VOCABS: &[(&str, &str)] = &[
-    ("everyday", include_str!("../prompts/vocab/everyday.txt")),
-    ("coco", include_str!("../prompts/vocab/coco.txt")),
+    ("everyday", include_str!("../../prompts/vocab/everyday.txt")),
+    ("coco", include_str!("../../prompts/vocab/coco.txt")),
 ];
 
 /// The template ensemble used when none is given.

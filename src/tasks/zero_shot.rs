@@ -4,12 +4,12 @@
 use candle_core::{DType, Device, Tensor, D};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::caption::{load_tokenizer, read_json};
 use crate::error::{Error, Result};
-use crate::hub::ModelFiles;
+use crate::load::hub::ModelFiles;
+use crate::load::weights;
+use crate::load::{load_tokenizer, read_json};
 use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
-use crate::weights;
 
 /// Prompts per text-encoder pass: large enough to keep the matmuls efficient, small enough that
 /// thousands of labels do not hold thousands of activations at once.

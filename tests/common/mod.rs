@@ -109,7 +109,7 @@ pub fn blip_greedy_captions() -> std::collections::HashMap<String, String> {
 /// parity checks then hold the GPU's code path to transformers' outputs on any machine. In the
 /// child (or when the variable is already set) it returns at once.
 pub fn rerun_with_candle_ops_only() {
-    if !glance::models::ops::own_kernels() {
+    if !glance::kernels::own_kernels() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())

@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 pub use config::BlipConfig;
 
 use crate::error::Result;
-use crate::generation::StopTokens;
+use crate::models::StopTokens;
 use crate::models::{CaptionParts, ImageEncoder, PromptStyle};
 
 impl ImageEncoder for vision::VisionModel {

@@ -4,17 +4,18 @@
 //! vision encoder–decoder captioners with a BERT decoder use it too.
 //!
 //! Unlike a plain port, cross-attention folds its key and value projections into the query and
-//! output sides (see [`crate::models::cross_attention`]): the cache holds each image's encoder
+//! output sides (see [`crate::layers::cross_attention`]): the cache holds each image's encoder
 //! states once instead of keys and values per layer, and any batch size works.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::BlipTextConfig;
-use crate::generation::{KvCache, LayerCache, TextDecoder};
-use crate::models::cross_attention::CrossAttention;
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, causal_mask};
+use crate::layers::attention::{attention, causal_mask};
+use crate::layers::cross_attention::CrossAttention;
+use crate::layers::kv_cache::{KvCache, LayerCache};
+use crate::layers::linear::{linear, Linear};
+use crate::models::TextDecoder;
 
 struct Attention {
     query: Linear,
@@ -108,7 +109,7 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
-    act: crate::models::ops::HiddenAct,
+    act: crate::layers::activation::HiddenAct,
 }
 
 impl Layer {
@@ -120,7 +121,7 @@ impl Layer {
             intermediate: linear(d, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
             output: linear(cfg.intermediate_size, d, vb.pp("output.dense"))?,
             output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
-            act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
+            act: crate::layers::activation::HiddenAct::Other(cfg.hidden_act),
         })
     }
 
@@ -154,7 +155,7 @@ pub struct TextDecoderModel {
     layers: Vec<Layer>,
     head_dense: Linear,
     head_norm: LayerNorm,
-    head_act: crate::models::ops::HiddenAct,
+    head_act: crate::layers::activation::HiddenAct,
     head_decoder: Linear,
     device: Device,
     dtype: DType,
@@ -200,7 +201,7 @@ impl TextDecoderModel {
             layers,
             head_dense: linear(d, d, pred.pp("transform.dense"))?,
             head_norm: layer_norm(d, cfg.layer_norm_eps, pred.pp("transform.LayerNorm"))?,
-            head_act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
+            head_act: crate::layers::activation::HiddenAct::Other(cfg.hidden_act),
             head_decoder: Linear::new(decoder_weight, Some(bias)),
             device: vb.device().clone(),
             dtype: vb.dtype(),

@@ -5,8 +5,9 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::BlipVisionConfig;
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, by_batch_slices};
+use crate::layers::attention::attention;
+use crate::layers::by_batch_slices;
+use crate::layers::linear::{linear, Linear};
 
 struct Embeddings {
     class_embedding: Tensor,
@@ -53,7 +54,7 @@ struct Layer {
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    act: crate::models::ops::HiddenAct,
+    act: crate::layers::activation::HiddenAct,
 }
 
 impl Layer {
@@ -68,7 +69,7 @@ impl Layer {
             layer_norm2: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             fc1: linear(d, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
             fc2: linear(cfg.intermediate_size, d, vb.pp("mlp").pp("fc2"))?,
-            act: crate::models::ops::HiddenAct::Other(cfg.hidden_act),
+            act: crate::layers::activation::HiddenAct::Other(cfg.hidden_act),
         })
     }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::encoder::impl_encoder_shape;
-use crate::models::ops::HiddenAct;
+use crate::layers::activation::HiddenAct;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

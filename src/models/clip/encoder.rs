@@ -4,8 +4,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, by_batch_slices, HiddenAct};
+use crate::layers::activation::HiddenAct;
+use crate::layers::attention::attention;
+use crate::layers::by_batch_slices;
+use crate::layers::linear::{linear, Linear};
 
 /// The sizes one encoder stack needs, taken from a text or vision config.
 #[derive(Debug, Clone, Copy)]
@@ -299,7 +301,7 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
 
     use super::*;
-    use crate::models::ops::causal_mask;
+    use crate::layers::attention::causal_mask;
 
     /// A two-layer encoder of width 16 with random weights (layer norms too, so that they
     /// matter).

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 pub use config::ClipConfig;
 
 use crate::error::Result;
-use crate::models::linear::{linear_no_bias, Linear};
+use crate::layers::linear::{linear_no_bias, Linear};
 use crate::models::{ImageTextEncoder, Scoring, TextPadding};
 
 pub struct ClipModel {

@@ -6,7 +6,7 @@ use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::ClipTextConfig;
 use super::encoder::Encoder;
-use crate::models::ops::causal_mask;
+use crate::layers::attention::causal_mask;
 
 /// The eos id old openai configs carry; transformers then pools at `argmax(input_ids)`.
 const LEGACY_EOS_TOKEN_ID: u32 = 2;

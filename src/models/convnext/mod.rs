@@ -7,8 +7,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::HiddenAct;
+use crate::layers::activation::HiddenAct;
+use crate::layers::linear::{linear, Linear};
 
 /// `ConvNextConfig`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

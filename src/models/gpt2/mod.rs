@@ -9,10 +9,13 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::generation::{KvCache, LayerCache, TextDecoder};
-use crate::models::cross_attention::CrossAttention;
-use crate::models::linear::Linear;
-use crate::models::ops::{attention, causal_mask, transposed, HiddenAct};
+use crate::kernels::transposed;
+use crate::layers::activation::HiddenAct;
+use crate::layers::attention::{attention, causal_mask};
+use crate::layers::cross_attention::CrossAttention;
+use crate::layers::kv_cache::{KvCache, LayerCache};
+use crate::layers::linear::Linear;
+use crate::models::TextDecoder;
 
 /// `GPT2Config`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

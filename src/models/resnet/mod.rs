@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
-use crate::models::linear::{linear, Linear};
+use crate::layers::linear::{linear, Linear};
 
 /// `ResNetConfig`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

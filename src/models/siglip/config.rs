@@ -4,8 +4,8 @@
 use candle_nn::Activation;
 use serde::Deserialize;
 
+use crate::layers::activation::HiddenAct;
 use crate::models::clip::encoder::impl_encoder_shape;
-use crate::models::ops::HiddenAct;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

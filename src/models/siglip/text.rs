@@ -5,9 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::config::SiglipTextConfig;
+use crate::layers::linear::{linear, Linear};
 use crate::models::clip::encoder::Encoder;
 use crate::models::clip::text::TextEmbeddings;
-use crate::models::linear::{linear, Linear};
 
 pub struct TextModel {
     embeddings: TextEmbeddings,

@@ -6,9 +6,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::SiglipVisionConfig;
+use crate::layers::attention::attention;
+use crate::layers::linear::{linear, Linear};
 use crate::models::clip::encoder::{Encoder, Mlp};
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::attention;
 
 /// A learned probe query attending over all patches with `torch.nn.MultiheadAttention`
 /// (`in_proj_weight` holds q, k and v stacked by rows), then a residual MLP.

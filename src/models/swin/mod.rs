@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::models::linear::{linear, linear_no_bias, Linear};
-use crate::models::ops::{attention, HiddenAct};
+use crate::layers::activation::HiddenAct;
+use crate::layers::attention::attention;
+use crate::layers::linear::{linear, linear_no_bias, Linear};
 
 /// `SwinConfig`, with transformers' defaults.
 #[derive(Debug, Clone, Deserialize)]

@@ -8,14 +8,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::generation::{StopTokens, TextDecoder};
+use crate::layers::linear::{linear, Linear};
 use crate::models::blip::config::BlipTextConfig;
 use crate::models::blip::text::TextDecoderModel;
 use crate::models::gpt2::{Gpt2Config, Gpt2Decoder};
-use crate::models::linear::{linear, Linear};
 use crate::models::swin::{SwinConfig, SwinModel};
 use crate::models::vit::{VitConfig, VitModel};
 use crate::models::{CaptionParts, ImageEncoder, PromptStyle};
+use crate::models::{StopTokens, TextDecoder};
 
 /// Encoder families glance builds inside a vision encoder–decoder.
 pub const ENCODERS: &[&str] = &["vit", "deit", "swin"];

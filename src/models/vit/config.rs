@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::models::ops::HiddenAct;
+use crate::layers::activation::HiddenAct;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VitConfig {

@@ -9,8 +9,10 @@ use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 pub use config::VitConfig;
 
-use crate::models::linear::{linear, Linear};
-use crate::models::ops::{attention, by_batch_slices, HiddenAct};
+use crate::layers::activation::HiddenAct;
+use crate::layers::attention::attention;
+use crate::layers::by_batch_slices;
+use crate::layers::linear::{linear, Linear};
 
 struct Embeddings {
     cls_token: Tensor,

@@ -1,0 +1,43 @@
+//! The tasks: a loaded model that turns a batch of preprocessed images into record fields —
+//! captions ([`caption`]), zero-shot and closed-set classes and tags ([`classify`] over
+//! [`zero_shot`] and closed-set classifiers), CLIPScore ([`clip_score`]). This is the API the
+//! folder runner, pipelines and a server call; tasks use models, generation, preprocessing,
+//! loading and output's record values, never the runner or the CLI.
+
+pub mod caption;
+pub mod classify;
+pub mod clip_score;
+pub mod prompts;
+pub mod zero_shot;
+
+use serde_json::{Map, Value};
+
+use crate::preprocess::Preprocessor;
+
+/// One image ready for the stages: its pixels for each distinct preprocessor of the run. The
+/// decoded image itself is dropped once they are made: a 12-megapixel photo is 36 MB of RGB
+/// against 0.6 MB of pixels at 224².
+pub struct Prepared {
+    /// The image's name (the record's `file` in a folder run): per-image seeds derive from it.
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// CHW buffers; a stage learns which are its own from the indices [`Stage::run`] gets.
+    pub pixels: Vec<Vec<f32>>,
+}
+
+/// A step of a run: turns a batch of prepared images into record fields, one map per image.
+pub trait Stage: Send {
+    /// The stage's name ("caption", "classify", "label" or a pipeline's own): a field another stage
+    /// already wrote is stored as `<name>_<field>` instead.
+    fn name(&self) -> &str;
+    /// The image processors whose pixels the stage reads: its model's, and a judge's where it
+    /// has one (a caption stage that reranks).
+    fn preprocessors(&self) -> Vec<&Preprocessor>;
+    /// `pixels[k]` is the `Prepared::pixels` entry made by the stage's `k`-th preprocessor.
+    fn run(
+        &mut self,
+        batch: &[Prepared],
+        pixels: &[usize],
+    ) -> crate::Result<Vec<Map<String, Value>>>;
+}
