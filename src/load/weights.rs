@@ -1,12 +1,15 @@
 //! Weights to a `VarBuilder`.
 //!
-//! Safetensors files (single or sharded): where glance's allocator is the global one (the
-//! `glance` binary), f32 tensors are the file's own pages — a private mapping whose buffers
-//! [`crate::load::alloc`] knows how to free — so loading copies nothing and a tensor's pages are read
-//! in when first used. Elsewhere (the library in other programs, tests) tensors are read one by
-//! one into their own buffers, which keeps memory at the weights plus one tensor, where candle's
-//! memory-mapped loader would hold every mapped page until the end. `pytorch_model.bin` goes
-//! through candle's pickle reader.
+//! Safetensors files and `pytorch_model.bin` archives (single or sharded) are indexed alike:
+//! each tensor is a byte range of its file. A `.bin` is a zip archive whose entries torch stores
+//! uncompressed, so its tensors' bytes lie in the file just as a safetensors file's do; candle's
+//! pickle reader supplies their names, dtypes and shapes. Where glance's allocator is the global
+//! one (the `glance` binary), f32 tensors are the file's own pages — a private mapping whose
+//! buffers [`crate::load::alloc`] knows how to free — so loading copies nothing and a tensor's
+//! pages are read in when first used. Elsewhere (the library in other programs, tests) tensors
+//! are read one by one into their own buffers, which keeps memory at the weights plus one
+//! tensor. A tensor of a dtype glance cannot hold (a BOOL mask buffer, say) is indexed but only
+//! an error when something asks for it.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -28,20 +31,16 @@ pub fn var_builder(
     device: &Device,
 ) -> Result<VarBuilder<'static>> {
     match weights {
-        Weights::Safetensors(paths) => {
-            let backend = SafetensorsFiles::open(paths)?;
-            Ok(VarBuilder::from_backend(
-                Box::new(backend),
-                dtype,
-                device.clone(),
-            ))
-        }
-        Weights::PyTorch(path) => {
-            VarBuilder::from_pth(path, dtype, device).map_err(|e| Error::Config {
-                file: path.display().to_string(),
-                message: format!("cannot read weights: {e}"),
-            })
-        }
+        Weights::Safetensors(paths) => Ok(VarBuilder::from_backend(
+            Box::new(WeightFiles::open(paths)?),
+            dtype,
+            device.clone(),
+        )),
+        Weights::PyTorch(paths) => Ok(VarBuilder::from_backend(
+            Box::new(WeightFiles::open_pytorch(paths)?),
+            dtype,
+            device.clone(),
+        )),
     }
 }
 
@@ -54,7 +53,8 @@ struct TensorInfo {
 
 struct Entry {
     file: usize,
-    dtype: DType,
+    /// The dtype, or why the tensor cannot be read (an unsupported dtype or layout).
+    dtype: std::result::Result<DType, String>,
     shape: Vec<usize>,
     /// Absolute byte range in the file.
     start: u64,
@@ -63,8 +63,9 @@ struct Entry {
     exclusive: bool,
 }
 
-/// An index of the tensors in one or more safetensors files, read on demand.
-pub struct SafetensorsFiles {
+/// An index of the tensors in one or more safetensors or `pytorch_model.bin` files, read on
+/// demand.
+pub struct WeightFiles {
     files: Vec<(PathBuf, Mutex<File>)>,
     /// Each file's private mapping, where [`crate::load::alloc::map_file`] made one.
     mappings: Vec<Option<Mapping>>,
@@ -101,9 +102,21 @@ fn mark_overlaps(entries: &mut HashMap<String, Entry>) {
 struct Mapping(*mut u8);
 
 // SAFETY: the mapping is never unmapped, and each tensor's range is handed out to one buffer
-// at most (see `SafetensorsFiles::load`).
+// at most (see `WeightFiles::load`).
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
+
+/// The size of an element of a safetensors dtype glance does not read, to check the file's
+/// offsets all the same.
+fn st_unsupported_size(name: &str) -> Option<usize> {
+    Some(match name {
+        "BOOL" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        "I16" | "U16" => 2,
+        "I32" => 4,
+        "U64" => 8,
+        _ => return None,
+    })
+}
 
 fn st_dtype(name: &str) -> Option<DType> {
     Some(match name {
@@ -118,7 +131,7 @@ fn st_dtype(name: &str) -> Option<DType> {
     })
 }
 
-impl SafetensorsFiles {
+impl WeightFiles {
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut mappings = Vec::with_capacity(paths.len());
@@ -145,10 +158,17 @@ impl SafetensorsFiles {
                 }
                 let info: TensorInfo =
                     serde_json::from_value(value).map_err(|e| bad(format!("{name}: {e}")))?;
-                let dtype = st_dtype(&info.dtype)
-                    .ok_or_else(|| bad(format!("{name} has unsupported dtype {}", info.dtype)))?;
+                let (dtype, size) = match st_dtype(&info.dtype) {
+                    Some(dtype) => (Ok(dtype), dtype.size_in_bytes()),
+                    None => match st_unsupported_size(&info.dtype) {
+                        Some(size) => (Err(format!("dtype {}", info.dtype)), size),
+                        None => {
+                            return Err(bad(format!("{name} has unknown dtype {}", info.dtype)))
+                        }
+                    },
+                };
                 let (a, b) = info.data_offsets;
-                let expected = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+                let expected = info.shape.iter().product::<usize>() * size;
                 if b < a || (b - a) as usize != expected || data_start + b > file_len {
                     return Err(bad(format!("{name} has inconsistent offsets")));
                 }
@@ -176,6 +196,79 @@ impl SafetensorsFiles {
         })
     }
 
+    /// Indexes `pytorch_model.bin` files: the tensors' metadata from each archive's pickle, their
+    /// bytes where the zip entry of their storage lies in the file.
+    pub fn open_pytorch(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut mappings = Vec::with_capacity(paths.len());
+        let mut entries = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let bad = |m: String| Error::config(path, format!("not a PyTorch checkpoint: {m}"));
+            let infos = candle_core::pickle::read_pth_tensor_info(path, false, None)
+                .map_err(|e| bad(e.to_string()))?;
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            let mut zip = zip::ZipArchive::new(std::io::BufReader::new(
+                file.try_clone().map_err(|e| Error::io(path, e))?,
+            ))
+            .map_err(|e| bad(e.to_string()))?;
+            // Storage entry -> its first byte in the file and its length.
+            let mut storages: HashMap<String, (u64, u64)> = HashMap::new();
+            for info in infos {
+                let name = info.name.clone();
+                let storage = match storages.get(&info.path) {
+                    Some(s) => *s,
+                    None => {
+                        let entry = zip
+                            .by_name(&info.path)
+                            .map_err(|e| bad(format!("{name}: {e}")))?;
+                        if entry.compression() != zip::CompressionMethod::Stored {
+                            return Err(bad(format!("{name}: compressed storage")));
+                        }
+                        let start = entry
+                            .data_start()
+                            .ok_or_else(|| bad(format!("{name}: no data offset")))?;
+                        let s = (start, entry.size());
+                        storages.insert(info.path.clone(), s);
+                        s
+                    }
+                };
+                let layout = &info.layout;
+                let shape = layout.dims().to_vec();
+                let len = shape.iter().product::<usize>() * info.dtype.size_in_bytes();
+                // candle's pickle reader gives the storage offset in bytes.
+                let offset = layout.start_offset() as u64;
+                if offset + len as u64 > storage.1 || storage.0 + storage.1 > file_len {
+                    return Err(bad(format!("{name} lies outside its storage")));
+                }
+                let dtype = match layout.is_contiguous() {
+                    true => Ok(info.dtype),
+                    false => Err(format!("strided layout {:?}", layout.stride())),
+                };
+                entries.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        dtype,
+                        shape,
+                        start: storage.0 + offset,
+                        len,
+                        exclusive: true,
+                    },
+                );
+            }
+            mappings.push(crate::load::alloc::map_file(&file, file_len as usize).map(Mapping));
+            files.push((path.clone(), Mutex::new(file)));
+        }
+        mark_overlaps(&mut entries);
+        Ok(Self {
+            files,
+            mappings,
+            entries,
+            mapped: Mutex::new(HashSet::new()),
+        })
+    }
+
     fn load(&self, name: &str) -> candle_core::Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| {
             candle_core::Error::CannotFindTensor {
@@ -183,10 +276,13 @@ impl SafetensorsFiles {
             }
             .bt()
         })?;
-        // f32 (the common case): safetensors stores little-endian values, which on a
+        let dtype = entry.dtype.clone().map_err(|why| {
+            candle_core::Error::Msg(format!("tensor {name} cannot be read by glance: {why}"))
+        })?;
+        // f32 (the common case): both formats store little-endian values, which on a
         // little-endian host are the in-memory layout, so the tensor can be the file's pages.
         #[cfg(target_endian = "little")]
-        if entry.dtype == DType::F32 {
+        if dtype == DType::F32 {
             let n = entry.len / 4;
             if let Some(Mapping(base)) = &self.mappings[entry.file] {
                 let first_time = || {
@@ -215,7 +311,7 @@ impl SafetensorsFiles {
         }
         let mut bytes = vec![0u8; entry.len];
         self.read_into(entry, name, &mut bytes)?;
-        Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
+        Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)
     }
 
     fn read_into(&self, entry: &Entry, name: &str, buf: &mut [u8]) -> candle_core::Result<()> {
@@ -240,7 +336,7 @@ fn place(t: Tensor, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     }
 }
 
-impl SimpleBackend for SafetensorsFiles {
+impl SimpleBackend for WeightFiles {
     fn get(
         &self,
         s: Shape,
@@ -285,7 +381,7 @@ mod tests {
         let b = Tensor::new(&[7u8, 8], &Device::Cpu).unwrap();
         candle_core::safetensors::save(&HashMap::from([("a.weight", a.clone()), ("b", b)]), &path)
             .unwrap();
-        let files = SafetensorsFiles::open(&[path]).unwrap();
+        let files = WeightFiles::open(&[path]).unwrap();
         let got = files
             .get(
                 (2, 3).into(),
@@ -309,15 +405,42 @@ mod tests {
 
         let junk = dir.path().join("junk.safetensors");
         std::fs::write(&junk, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
-        let err = SafetensorsFiles::open(&[junk]).err().unwrap().to_string();
+        let err = WeightFiles::open(&[junk]).err().unwrap().to_string();
         assert!(err.contains("not a safetensors file"), "{err}");
+    }
+
+    #[test]
+    fn a_tensor_of_an_unread_dtype_is_an_error_only_when_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let w = [1f32, 2.0].map(f32::to_le_bytes).concat();
+        let views = vec![
+            (
+                "w",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &w).unwrap(),
+            ),
+            (
+                "mask",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BOOL, vec![3], &[1, 0, 1])
+                    .unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        let files = WeightFiles::open(&[path]).unwrap();
+        let w = files.get_unchecked("w", DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(w.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+        let err = files
+            .get_unchecked("mask", DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mask") && err.contains("BOOL"), "{err}");
     }
 
     #[test]
     fn overlapping_tensors_are_not_exclusive() {
         let entry = |file, start, len| Entry {
             file,
-            dtype: DType::F32,
+            dtype: Ok(DType::F32),
             shape: vec![len / 4],
             start,
             len,
