@@ -56,10 +56,59 @@ pub struct ModelFiles {
 }
 
 struct HubRepo {
-    cache: Cache,
     repo: Repo,
+    /// `models--ORG--NAME` in the cache: `refs/`, `snapshots/`, `blobs/`, `.no_exist/`.
+    dir: PathBuf,
     /// `None` when `HF_HUB_OFFLINE` is set: only the cache is consulted.
     api: Option<Api>,
+}
+
+/// Where one file of a model stands.
+enum Resolved {
+    Found(PathBuf),
+    /// The model has no such file: a local directory without it, a 404 from the Hub, or the
+    /// `.no_exist` marker `huggingface_hub` (or glance) left after such a 404.
+    Absent,
+    /// Offline, the cached snapshot lacks the file and nothing says the repo has none.
+    NotCached,
+}
+
+impl HubRepo {
+    /// The commit the revision points to in the cache: `refs/<revision>`, or the revision
+    /// itself when it is a commit hash with a snapshot (as `huggingface_hub` resolves it).
+    fn commit(&self) -> Option<String> {
+        let revision = self.repo.revision();
+        if let Ok(commit) = std::fs::read_to_string(self.dir.join("refs").join(revision)) {
+            return Some(commit.trim().to_string());
+        }
+        let is_hash = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_hash && self.dir.join("snapshots").join(revision).is_dir())
+            .then(|| revision.to_string())
+    }
+
+    /// What the cache says of `file` at `commit`: its path, `Absent` where a `.no_exist`
+    /// marker stands, else `NotCached`.
+    fn cached(&self, commit: &str, file: &str) -> Resolved {
+        let path = self.dir.join("snapshots").join(commit).join(file);
+        if path.exists() {
+            Resolved::Found(path)
+        } else if self.dir.join(".no_exist").join(commit).join(file).is_file() {
+            Resolved::Absent
+        } else {
+            Resolved::NotCached
+        }
+    }
+
+    /// Records that the repo has no `file` at the cached commit, the empty marker file
+    /// `huggingface_hub` writes (`.no_exist/<commit>/<file>`), so that offline runs of either
+    /// tool move on to the next candidate. Best effort: a read-only cache just goes unmarked.
+    fn mark_absent(&self, file: &str) {
+        let Some(commit) = self.commit() else { return };
+        let marker = self.dir.join(".no_exist").join(commit).join(file);
+        if let Some(parent) = marker.parent() {
+            let _ = std::fs::create_dir_all(parent).and_then(|_| std::fs::write(&marker, b""));
+        }
+    }
 }
 
 fn env_flag(name: &str) -> bool {
@@ -117,8 +166,10 @@ impl ModelFiles {
             }
             ModelSource::Local(_) => None,
             ModelSource::Hub { repo_id, revision } => {
-                let cache = Cache::new(hub_cache_dir());
+                let cache_dir = hub_cache_dir();
+                let cache = Cache::new(cache_dir.clone());
                 let repo = Repo::with_revision(repo_id.clone(), RepoType::Model, revision.clone());
+                let dir = cache_dir.join(repo.folder_name());
                 let api = if env_flag("HF_HUB_OFFLINE") {
                     None
                 } else {
@@ -134,7 +185,7 @@ impl ModelFiles {
                         message: e.to_string(),
                     })?)
                 };
-                Some(HubRepo { cache, repo, api })
+                Some(HubRepo { repo, dir, api })
             }
         };
         Ok(Self { source, hub })
@@ -146,32 +197,66 @@ impl ModelFiles {
 
     /// The path of `file`, or `None` when the model does not have it.
     ///
-    /// Hub: the cache first, then a download; a missing file (404) is `None`, a network failure
-    /// is an error that says how to work offline.
+    /// Hub: the cache first, then a download; a missing file (404) is `None` and leaves a
+    /// `.no_exist` marker, a network failure is an error that says how to work offline. Offline
+    /// (`HF_HUB_OFFLINE`), a file the cached snapshot lacks is `None` too, so that optional files
+    /// and weight formats the repo never had fall through to the next candidate.
     pub fn get_optional(&self, file: &str) -> Result<Option<PathBuf>> {
+        Ok(match self.resolve(file)? {
+            Resolved::Found(path) => Some(path),
+            Resolved::Absent | Resolved::NotCached => None,
+        })
+    }
+
+    /// The path of `file`, which the model must have: an error naming the file when the repo
+    /// has none, or (offline) when the cache lacks it.
+    pub fn get(&self, file: &str) -> Result<PathBuf> {
+        match self.resolve(file)? {
+            Resolved::Found(path) => Ok(path),
+            Resolved::Absent => Err(Error::MissingFile {
+                model: self.source.name(),
+                file: file.to_string(),
+            }),
+            Resolved::NotCached => Err(Error::Offline {
+                model: self.source.name(),
+                file: file.to_string(),
+            }),
+        }
+    }
+
+    fn resolve(&self, file: &str) -> Result<Resolved> {
         let hub = match (&self.source, &self.hub) {
             (ModelSource::Local(dir), _) => {
                 let path = dir.join(file);
-                return Ok(path.is_file().then_some(path));
+                return Ok(match path.is_file() {
+                    true => Resolved::Found(path),
+                    false => Resolved::Absent,
+                });
             }
             (_, Some(hub)) => hub,
             (_, None) => unreachable!("hub sources always carry a hub repo"),
         };
-        if let Some(path) = hub.cache.repo(hub.repo.clone()).get(file) {
-            return Ok(Some(path));
+        let cached = hub.commit().map(|commit| hub.cached(&commit, file));
+        if let Some(Resolved::Found(path)) = cached {
+            return Ok(Resolved::Found(path));
         }
         let Some(api) = &hub.api else {
-            return Err(Error::Offline {
-                model: self.source.name(),
-                file: file.to_string(),
-            });
+            // Offline: without a snapshot of this revision nothing can be said of any file.
+            return match cached {
+                Some(resolved) => Ok(resolved),
+                None => Err(Error::Offline {
+                    model: self.source.name(),
+                    file: file.to_string(),
+                }),
+            };
         };
         match api.repo(hub.repo.clone()).download(file) {
-            Ok(path) => Ok(Some(path)),
+            Ok(path) => Ok(Resolved::Found(path)),
             Err(err) => {
                 let message = err.to_string();
                 if message.contains("404") || message.contains("Not Found") {
-                    Ok(None)
+                    hub.mark_absent(file);
+                    Ok(Resolved::Absent)
                 } else if message.contains("401") || message.contains("403") {
                     Err(Error::Hub {
                         model: self.source.name(),
@@ -190,34 +275,43 @@ impl ModelFiles {
         }
     }
 
-    /// The path of `file`, which the model must have.
-    pub fn get(&self, file: &str) -> Result<PathBuf> {
-        self.get_optional(file)?.ok_or_else(|| Error::MissingFile {
-            model: self.source.name(),
-            file: file.to_string(),
-        })
-    }
-
-    /// Weight files: `model.safetensors`, the shards listed in `model.safetensors.index.json`,
-    /// or `pytorch_model.bin` when that is all the repo has.
+    /// Weight files, in transformers' order of preference: `model.safetensors`, the shards of
+    /// `model.safetensors.index.json`, `pytorch_model.bin`, the shards of
+    /// `pytorch_model.bin.index.json`.
     pub fn weights(&self) -> Result<Weights> {
-        if let Some(path) = self.get_optional("model.safetensors")? {
-            return Ok(Weights::Safetensors(vec![path]));
+        const CANDIDATES: [&str; 4] = [
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        ];
+        let mut not_cached = false;
+        for (i, file) in CANDIDATES.into_iter().enumerate() {
+            let path = match self.resolve(file)? {
+                Resolved::Found(path) => path,
+                Resolved::Absent => continue,
+                Resolved::NotCached => {
+                    not_cached = true;
+                    continue;
+                }
+            };
+            let paths = match file.ends_with(".index.json") {
+                false => vec![path],
+                true => shard_names(&path)?
+                    .iter()
+                    .map(|s| self.get(s))
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            return Ok(match i {
+                0 | 1 => Weights::Safetensors(paths),
+                _ => Weights::PyTorch(paths),
+            });
         }
-        if let Some(index) = self.get_optional("model.safetensors.index.json")? {
-            let shards = shard_names(&index)?;
-            let paths = shards
-                .iter()
-                .map(|s| self.get(s))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(Weights::Safetensors(paths));
-        }
-        if let Some(path) = self.get_optional("pytorch_model.bin")? {
-            return Ok(Weights::PyTorch(path));
-        }
-        Err(Error::MissingFile {
-            model: self.source.name(),
-            file: "model.safetensors (or model.safetensors.index.json, pytorch_model.bin)".into(),
+        let file = format!("{} (or {})", CANDIDATES[0], CANDIDATES[1..].join(", "));
+        let model = self.source.name();
+        Err(match not_cached {
+            true => Error::Offline { model, file },
+            false => Error::MissingFile { model, file },
         })
     }
 }
@@ -226,10 +320,11 @@ impl ModelFiles {
 #[derive(Debug, Clone)]
 pub enum Weights {
     Safetensors(Vec<PathBuf>),
-    PyTorch(PathBuf),
+    /// `pytorch_model.bin`, or its shards.
+    PyTorch(Vec<PathBuf>),
 }
 
-/// The distinct shard file names of a `model.safetensors.index.json`, in a stable order.
+/// The distinct shard file names of a `*.index.json`, in a stable order.
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(index, e))?;
@@ -262,8 +357,7 @@ pub fn download(files: &ModelFiles) -> Result<Vec<PathBuf>> {
         paths.extend(files.get_optional(optional)?);
     }
     match files.weights()? {
-        Weights::Safetensors(p) => paths.extend(p),
-        Weights::PyTorch(p) => paths.push(p),
+        Weights::Safetensors(p) | Weights::PyTorch(p) => paths.extend(p),
     }
     Ok(paths)
 }
