@@ -18,6 +18,14 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::layers::kv_cache::KvCache;
 
+/// A token id that configs written by transformers 4.x may hold as `null`: `DEFAULT` then,
+/// the value transformers gives a missing key.
+pub(crate) fn id_or<'de, D: serde::Deserializer<'de>, const DEFAULT: u32>(
+    d: D,
+) -> std::result::Result<u32, D::Error> {
+    Ok(<Option<u32> as serde::Deserialize>::deserialize(d)?.unwrap_or(DEFAULT))
+}
+
 /// Turns preprocessed pixels `[batch, 3, H, W]` into features `[batch, positions, dim]`.
 pub trait ImageEncoder: Send + Sync {
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;

@@ -24,11 +24,16 @@ pub struct BlipTextConfig {
     pub hidden_act: Activation,
     #[serde(default = "d_eps_text")]
     pub layer_norm_eps: f64,
-    #[serde(default = "d_bos")]
+    // Configs written by transformers 4.x may hold `null` for any id (a BERT decoder's
+    // `"sep_token_id": null`): the default then, as for a missing key.
+    #[serde(
+        default = "d_bos",
+        deserialize_with = "crate::models::id_or::<_, 30522>"
+    )]
     pub bos_token_id: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::models::id_or::<_, 0>")]
     pub pad_token_id: u32,
-    #[serde(default = "d_sep")]
+    #[serde(default = "d_sep", deserialize_with = "crate::models::id_or::<_, 102>")]
     pub sep_token_id: u32,
     /// transformers ties the LM head to the word embeddings unless told otherwise.
     #[serde(default = "d_true")]
@@ -123,5 +128,17 @@ mod tests {
         assert_eq!(cfg.text_config.num_attention_heads, 12);
         assert_eq!(cfg.vision_config.hidden_size, 1024);
         assert_eq!(cfg.vision_config.image_size, 384);
+    }
+
+    #[test]
+    fn null_token_ids_of_transformers_4_configs_get_the_defaults() {
+        let cfg: BlipTextConfig = serde_json::from_str(
+            r#"{"bos_token_id": null, "sep_token_id": null, "pad_token_id": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.bos_token_id, cfg.sep_token_id, cfg.pad_token_id),
+            (30522, 102, 0)
+        );
     }
 }

@@ -18,6 +18,7 @@ pub struct ClipTextConfig {
     pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
     /// Selects the pooling rule: 2 (old openai configs) pools at `argmax(input_ids)`.
+    #[serde(deserialize_with = "crate::models::id_or::<_, 49407>")]
     pub eos_token_id: u32,
 }
 
