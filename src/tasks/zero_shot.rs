@@ -56,7 +56,17 @@ pub fn load_image_text(
         &files.get("preprocessor_config.json")?,
     )?)?;
     let mut tokenizer = load_tokenizer(files)?;
-    let pad_id = pad_token_id(files, &tokenizer)?;
+    // Under CLIP's causal mask no position before the pooled one sees the padding after it, so
+    // any pad id gives the same embeddings: a tokenizer that names none pads with the config's
+    // pad_token_id, else its eos. SigLIP attends to its padding, so its pad must be the real one.
+    let fallback = match &arch {
+        Architecture::Clip(_) => ["pad_token_id", "eos_token_id"]
+            .iter()
+            .find_map(|k| config["text_config"][k].as_u64())
+            .map(|id| id as u32),
+        _ => None,
+    };
+    let pad_id = pad_token_id(files, &tokenizer, fallback)?;
     configure_tokenizer(&mut tokenizer, encoder.text_padding(), pad_id, &name)?;
     Ok(ImageTextModel {
         encoder,
@@ -69,33 +79,40 @@ pub fn load_image_text(
 }
 
 /// The pad id the checkpoint's own tokenizer uses: `tokenizer.json`'s padding, else
-/// `tokenizer_config.json`'s `pad_token`. (CLIP's `text_config.pad_token_id` is not what its
-/// tokenizer pads with, so the model config is not consulted.)
-fn pad_token_id(files: &ModelFiles, tokenizer: &Tokenizer) -> Result<u32> {
+/// `tokenizer_config.json`'s `pad_token`, else `fallback`. (CLIP's `text_config.pad_token_id`
+/// is not what its tokenizer pads with, so the model config is only the last resort.)
+fn pad_token_id(files: &ModelFiles, tokenizer: &Tokenizer, fallback: Option<u32>) -> Result<u32> {
     if let Some(p) = tokenizer.get_padding() {
         return Ok(p.pad_id);
     }
-    let missing = || Error::MissingFile {
-        model: files.source().name(),
-        file: "a pad token (tokenizer.json padding or tokenizer_config.json pad_token)".into(),
+    let named = match files.get_optional("tokenizer_config.json")? {
+        Some(path) => {
+            let cfg = read_json(&path)?;
+            let token = match &cfg["pad_token"] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
+            match token {
+                Some(token) => Some(tokenizer.token_to_id(&token).ok_or_else(|| {
+                    Error::config(
+                        &path,
+                        format!("pad_token {token:?} is not in the vocabulary"),
+                    )
+                })?),
+                None => None,
+            }
+        }
+        None => None,
     };
-    let path = files
-        .get_optional("tokenizer_config.json")?
-        .ok_or_else(missing)?;
-    let cfg = read_json(&path)?;
-    let token = match &cfg["pad_token"] {
-        serde_json::Value::String(s) => s.as_str(),
-        serde_json::Value::Object(o) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .ok_or_else(missing)?,
-        _ => return Err(missing()),
-    };
-    tokenizer.token_to_id(token).ok_or_else(|| {
-        Error::config(
-            &path,
-            format!("pad_token {token:?} is not in the vocabulary"),
-        )
+    named.or(fallback).ok_or_else(|| Error::Config {
+        file: format!("tokenizer of {}", files.source().name()),
+        message:
+            "no pad token: tokenizer.json has no padding and tokenizer_config.json no pad_token"
+                .into(),
     })
 }
 
