@@ -119,10 +119,16 @@ fn three(values: &Option<Vec<f32>>, default: [f32; 3], what: &str) -> Result<[f3
 
 impl Preprocessor {
     pub fn new(mut cfg: PreprocessorConfig) -> Result<Self> {
-        // ConvNeXt processors read a bare `"size": 224` (the legacy layout of
-        // microsoft/resnet-50) as {"shortest_edge": 224}.
-        if let (Some(SizeSpec::Square(s)), true) = (cfg.size, is_convnext(&cfg)) {
-            cfg.size = Some(SizeSpec::ShortestEdge { shortest_edge: s });
+        // A bare `"size": 224` (legacy configs) means what the processor's own
+        // `get_size_dict(size, default_to_square=...)` makes of it.
+        if let Some(SizeSpec::Square(s)) = cfg.size {
+            cfg.size = Some(match square_means_shortest_edge(&cfg) {
+                true => SizeSpec::ShortestEdge { shortest_edge: s },
+                false => SizeSpec::HeightWidth {
+                    height: s,
+                    width: s,
+                },
+            });
         }
         let filter = Filter::from_pil_code(cfg.resample)
             .ok_or_else(|| Error::Options(format!("unknown resample code {}", cfg.resample)))?;
@@ -195,9 +201,9 @@ impl Preprocessor {
                     (s, s)
                 }
             }
-            Some(SizeSpec::HeightWidth { height, width }) => (height, width),
-            Some(SizeSpec::Square(s)) if !self.cfg.do_center_crop => (s, s),
-            Some(SizeSpec::ShortestEdge { shortest_edge: s }) | Some(SizeSpec::Square(s)) => {
+            Some(SizeSpec::HeightWidth { height, width })
+            | Some(SizeSpec::Square(height @ width)) => (height, width),
+            Some(SizeSpec::ShortestEdge { shortest_edge: s }) => {
                 let s = match self.cfg.crop_pct {
                     Some(pct) if s < 384 => (f64::from(s) / pct) as u32,
                     _ => s,
@@ -272,6 +278,62 @@ fn convnext_pct(cfg: &PreprocessorConfig) -> Option<f64> {
         None if is_convnext(cfg) => Some(224.0 / 256.0),
         None => None,
     }
+}
+
+/// Image processors that read a bare size as the shortest edge: the classes of transformers 5
+/// whose `default_to_square` is False (by name, without `ImageProcessor` or `FeatureExtractor`).
+/// All others (ViT, DeiT, BLIP, BEiT, Swin, ...) read it as a square, the base class's default.
+const SHORTEST_EDGE_PROCESSORS: &[&str] = &[
+    "Bit",
+    "BridgeTower",
+    "CLIP",
+    "Chameleon",
+    "ChineseCLIP",
+    "ConditionalDetr",
+    "ConvNext",
+    "DeformableDetr",
+    "Detr",
+    "Eomt",
+    "GroundingDino",
+    "Idefics2",
+    "Levit",
+    "Llava",
+    "LlavaNext",
+    "LlavaOnevision",
+    "Mask2Former",
+    "MaskFormer",
+    "MobileNetV1",
+    "MobileNetV2",
+    "MobileViT",
+    "OneFormer",
+    "PoolFormer",
+    "Qwen2VL",
+    "RTDetr",
+    "Siglip",
+    "TextNet",
+    "Tvp",
+    "VideoMAE",
+    "Vilt",
+    "Yolos",
+];
+
+/// Whether a bare `"size": N` is a shortest edge: by the processor's type where the config
+/// names one, else (no type at all) when a center crop follows, as with CLIP's old configs.
+fn square_means_shortest_edge(cfg: &PreprocessorConfig) -> bool {
+    let types: Vec<&str> = [&cfg.image_processor_type, &cfg.feature_extractor_type]
+        .into_iter()
+        .filter_map(|t| t.as_deref())
+        .collect();
+    if types.is_empty() {
+        return cfg.do_center_crop;
+    }
+    types.iter().any(|t| {
+        let family = t
+            .split_once("ImageProcessor")
+            .or_else(|| t.split_once("FeatureExtractor"))
+            .map_or(*t, |(family, _)| family);
+        SHORTEST_EDGE_PROCESSORS.contains(&family)
+    })
 }
 
 fn is_convnext(cfg: &PreprocessorConfig) -> bool {
