@@ -22,12 +22,15 @@ fn model_dir(dir: &Path, files: &[(&str, PathBuf)]) {
 }
 
 /// The given files of a fixture directory.
-fn from_fixture(fixture_name: &str, names: &[&'static str]) -> Vec<(&'static str, PathBuf)> {
+fn from_fixture(fixture_name: &str, names: &[&'static str]) -> Files {
     names
         .iter()
         .map(|n| (*n, fixture(fixture_name).join(n)))
         .collect()
 }
+
+/// A model's files: name in the repo → where the test takes it from.
+type Files = Vec<(&'static str, PathBuf)>;
 
 /// A few shared photos, PNG and JPEG.
 fn images() -> Vec<PathBuf> {
@@ -188,9 +191,7 @@ fn python_cache(hub: &Path, repo_id: &str, files: &[(&str, PathBuf)], absent: &[
 /// What transformers leaves behind after loading each default model from the Hub: the files
 /// the repo has and the loaders read, and markers for those it probed and the repo lacks (no
 /// `model.safetensors` on `main` for either; no `generation_config.json` for BLIP).
-fn default_models_cache(
-    home: &Path,
-) -> (Vec<(&'static str, PathBuf)>, Vec<(&'static str, PathBuf)>) {
+fn default_models_cache(home: &Path) -> (Files, Files) {
     let hub = home.join("hub");
     let mut blip = from_fixture("blip-tiny", BLIP_FILES);
     blip.push((

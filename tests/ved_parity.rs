@@ -255,3 +255,81 @@ fn classifier_pixels_and_logits_match() {
 fn parity_holds_with_candle_ops_only() {
     common::rerun_with_candle_ops_only();
 }
+
+/// A copy of a fixture whose `generation_config.json` also sets `rules`.
+fn with_rules(dir: &Path, rules: &serde_json::Value) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let path = copy.path().join("generation_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, v) in rules.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
+    copy
+}
+
+#[test]
+fn generation_config_token_rules_match_transformers() {
+    // tests/fixtures/generate_rules.py: bad words, no-repeat n-grams, suppressed and forced
+    // tokens set in generation_config.json, each changing some of transformers' captions.
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("rules/reference.json")).unwrap())
+            .unwrap();
+    let (mut total, mut mismatches) = (0, Vec::new());
+    for model in reference["models"].as_array().unwrap() {
+        let src = fixture(model["fixture"].as_str().unwrap());
+        let pixels = common::reference_tensors(&src)["pixel_values"].clone();
+        let n = pixels.dim(0).unwrap();
+        let (pad, eos): (u32, Vec<u32>) = (
+            serde_json::from_value(model["pad_token_id"].clone()).unwrap(),
+            serde_json::from_value(model["eos_token_id"].clone()).unwrap(),
+        );
+        for set in model["rule_sets"].as_array().unwrap() {
+            let dir = with_rules(&src, &set["rules"]);
+            let cap = load(dir.path());
+            let prompt = cap.prompt_ids(None).unwrap();
+            for case in set["cases"].as_array().unwrap() {
+                let params = GenerationParams {
+                    max_new_tokens: model["max_new_tokens"].as_u64().unwrap() as usize,
+                    num_beams: case["num_beams"].as_u64().unwrap() as usize,
+                    ..GenerationParams::default()
+                };
+                for (bs, starts) in [(1, 1), (n, n)] {
+                    for start in (0..n).step_by(starts) {
+                        let len = bs.min(n - start);
+                        let batch = pixels.narrow(0, start, len).unwrap();
+                        let got = cap
+                            .caption(&batch, &prompt, &params, &vec![0; len])
+                            .unwrap();
+                        for (j, caps) in got.iter().enumerate() {
+                            let i = start + j;
+                            let want: Vec<u32> =
+                                serde_json::from_value(case["sequences"][i].clone()).unwrap();
+                            // The prompt, then the new tokens up to the first eos.
+                            let p = prompt.len();
+                            let want = [&want[..p], &common::strip_padding(&want[p..], pad, &eos)]
+                                .concat();
+                            total += 1;
+                            if caps[0].tokens != want {
+                                mismatches.push(format!(
+                                    "{} {} beams {} batch {bs} image {i}: got {:?}, transformers {want:?}",
+                                    model["fixture"], set["name"], case["num_beams"], caps[0].tokens
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "token rules: {} of {total} identical",
+        total - mismatches.len()
+    );
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}

@@ -38,6 +38,9 @@ pub struct GenerationParams {
     pub repetition_penalty: f32,
     pub num_return_sequences: usize,
     pub seed: u64,
+    /// The checkpoint's token rules (bad words, forced and suppressed tokens, n-gram blocking);
+    /// a [`crate::tasks::caption::Captioner`] sets its model's own.
+    pub rules: logits::TokenRules,
 }
 
 impl Default for GenerationParams {
@@ -55,6 +58,7 @@ impl Default for GenerationParams {
             repetition_penalty: 1.0,
             num_return_sequences: 1,
             seed: 0,
+            rules: logits::TokenRules::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
+use crate::generation::logits::TokenRules;
 use crate::generation::{self, GenerationParams};
 use crate::load::hub::ModelFiles;
 use crate::load::{load_tokenizer, read_json, weights};
@@ -24,6 +25,8 @@ pub struct Caption {
 
 pub struct Captioner {
     parts: CaptionParts,
+    /// The checkpoint's token rules, applied whatever the decoding options.
+    rules: TokenRules,
     tokenizer: Tokenizer,
     preprocessor: Preprocessor,
     device: Device,
@@ -37,12 +40,17 @@ impl Captioner {
         let config = read_json(&files.get("config.json")?)?;
         let arch = Architecture::from_config(&config, &name)?;
         let vb = weights::var_builder(&files.weights()?, dtype, device)?;
+        let generation = match files.get_optional("generation_config.json")? {
+            Some(path) => Some((read_json(&path)?, path)),
+            None => None,
+        };
         let parts = match &arch {
             Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
             Architecture::VisionEncoderDecoder(cfg) => {
-                let generation = match files.get_optional("generation_config.json")? {
-                    Some(path) => serde_json::from_value(read_json(&path)?)
-                        .map_err(|e| Error::json(&path, e))?,
+                let generation = match &generation {
+                    Some((json, path)) => {
+                        serde_json::from_value(json.clone()).map_err(|e| Error::json(path, e))?
+                    }
                     None => Default::default(),
                 };
                 models::vision_encoder_decoder::load(cfg, &generation, vb, &name)?
@@ -67,8 +75,20 @@ impl Captioner {
             None => Preprocessor::new(PreprocessorConfig::square(parts.image_size))?,
         };
         let tokenizer = load_tokenizer(files)?;
+        // transformers takes these from generation_config.json, else from config.json.
+        let (rules_from, file) = match &generation {
+            Some((json, _)) => (json, "generation_config.json"),
+            None => (&config, "config.json"),
+        };
+        let rules = TokenRules::from_config(rules_from, &parts.stop.eos).map_err(|message| {
+            Error::Config {
+                file: format!("{file} of {name}"),
+                message,
+            }
+        })?;
         Ok(Self {
             parts,
+            rules,
             tokenizer,
             preprocessor,
             device: device.clone(),
@@ -167,11 +187,15 @@ impl Captioner {
             pixels.device().synchronize()?;
         }
         let encoded = started.elapsed();
+        let params = GenerationParams {
+            rules: self.rules.clone(),
+            ..params.clone()
+        };
         let generated = generation::generate(
             self.parts.decoder.as_ref(),
             &features,
             prompt_ids,
-            params,
+            &params,
             &self.parts.stop,
             seeds,
         )?;
