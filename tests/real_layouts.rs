@@ -455,3 +455,117 @@ fn bare_size_means_square_or_shortest_edge_by_processor_type() {
     }
     assert_eq!(checked, 18);
 }
+
+/// siglip-tiny's weights and configs with the tokenizer of tests/fixtures/siglip-spiece: a
+/// `spiece.model` and no `tokenizer.json`, as google/siglip-* repos ship.
+fn siglip_from_spiece() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = from_fixture(
+        "siglip-tiny",
+        &[
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+        ],
+    );
+    files.extend(from_fixture(
+        "siglip-spiece",
+        &["spiece.model", "tokenizer_config.json"],
+    ));
+    model_dir(dir.path(), &files);
+    dir
+}
+
+fn siglip_spiece_reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("siglip-spiece/reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn siglip_spiece_model_tokenizes_like_siglip_tokenizer() {
+    let dir = siglip_from_spiece();
+    let files = glance::load::hub::ModelFiles::new(glance::load::hub::ModelSource::Local(
+        dir.path().to_path_buf(),
+    ))
+    .unwrap();
+    let tokenizer = glance::load::load_text_tokenizer(&files).unwrap();
+    let reference = siglip_spiece_reference();
+    let mut mismatches = Vec::new();
+    let cases = reference["tricky"].as_array().unwrap();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = tokenizer.encode_batch(&[text.to_string()]).unwrap()[0]
+            .get_ids()
+            .to_vec();
+        if got != want {
+            mismatches.push(format!(
+                "{text:?}: glance {got:?}, SiglipTokenizer {want:?}"
+            ));
+        }
+    }
+    eprintln!(
+        "{} of {} strings tokenized alike",
+        cases.len() - mismatches.len(),
+        cases.len()
+    );
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn siglip_from_spiece_scores_equal_transformers() {
+    let dir = siglip_from_spiece();
+    let reference = siglip_spiece_reference();
+    let labels: Vec<String> = serde_json::from_value(reference["labels"].clone()).unwrap();
+    let template = reference["template"].as_str().unwrap();
+    // The ids SiglipProcessor pads to the text tower's 16 positions.
+    let files = glance::load::hub::ModelFiles::new(glance::load::hub::ModelSource::Local(
+        dir.path().to_path_buf(),
+    ))
+    .unwrap();
+    let model = glance::tasks::zero_shot::load_image_text(
+        &files,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let prompts: Vec<String> = labels.iter().map(|l| template.replace("{}", l)).collect();
+    let want: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+    assert_eq!(model.tokenize(&prompts).unwrap(), want);
+
+    // Through the CLI, on the PNG photos (JPEG decoders differ from Pillow's).
+    let names: Vec<String> = serde_json::from_value(reference["images"].clone()).unwrap();
+    let pngs: Vec<(usize, PathBuf)> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.ends_with(".png"))
+        .map(|(i, n)| (i, shared_images().join(n)))
+        .collect();
+    let paths: Vec<PathBuf> = pngs.iter().map(|(_, p)| p.clone()).collect();
+    let records = run_ok(
+        &[
+            "classify",
+            "-m",
+            dir.path().to_str().unwrap(),
+            "--labels",
+            &labels.join(","),
+            "--template",
+            template,
+            "--top-k",
+            &labels.len().to_string(),
+        ],
+        &paths,
+        &[],
+    );
+    let mut worst = 0f64;
+    for ((i, _), rec) in pngs.iter().zip(&records) {
+        for p in rec["predictions"].as_array().unwrap() {
+            let label = p["label"].as_str().unwrap();
+            let j = labels.iter().position(|l| l == label).unwrap();
+            let want = reference["probs"][*i][j].as_f64().unwrap();
+            worst = worst.max((p["score"].as_f64().unwrap() - want).abs());
+        }
+        assert_eq!(rec["predictions"].as_array().unwrap().len(), labels.len());
+    }
+    assert!(worst < 1e-5, "scores differ from transformers' by {worst}");
+}

@@ -224,6 +224,29 @@ impl ModelFiles {
         }
     }
 
+    /// The first of `candidates` the model has, with its name: an error naming them all when
+    /// it has none (offline, the download advice when the cache may just lack them).
+    pub fn first_of<'a>(&self, candidates: &[&'a str]) -> Result<(&'a str, PathBuf)> {
+        let mut not_cached = false;
+        for &file in candidates {
+            match self.resolve(file)? {
+                Resolved::Found(path) => return Ok((file, path)),
+                Resolved::Absent => {}
+                Resolved::NotCached => not_cached = true,
+            }
+        }
+        let file = match candidates.split_first() {
+            Some((first, [])) => first.to_string(),
+            Some((first, rest)) => format!("{first} (or {})", rest.join(", ")),
+            None => String::new(),
+        };
+        let model = self.source.name();
+        Err(match not_cached {
+            true => Error::Offline { model, file },
+            false => Error::MissingFile { model, file },
+        })
+    }
+
     fn resolve(&self, file: &str) -> Result<Resolved> {
         let hub = match (&self.source, &self.hub) {
             (ModelSource::Local(dir), _) => {
@@ -279,39 +302,22 @@ impl ModelFiles {
     /// `model.safetensors.index.json`, `pytorch_model.bin`, the shards of
     /// `pytorch_model.bin.index.json`.
     pub fn weights(&self) -> Result<Weights> {
-        const CANDIDATES: [&str; 4] = [
+        let (file, path) = self.first_of(&[
             "model.safetensors",
             "model.safetensors.index.json",
             "pytorch_model.bin",
             "pytorch_model.bin.index.json",
-        ];
-        let mut not_cached = false;
-        for (i, file) in CANDIDATES.into_iter().enumerate() {
-            let path = match self.resolve(file)? {
-                Resolved::Found(path) => path,
-                Resolved::Absent => continue,
-                Resolved::NotCached => {
-                    not_cached = true;
-                    continue;
-                }
-            };
-            let paths = match file.ends_with(".index.json") {
-                false => vec![path],
-                true => shard_names(&path)?
-                    .iter()
-                    .map(|s| self.get(s))
-                    .collect::<Result<Vec<_>>>()?,
-            };
-            return Ok(match i {
-                0 | 1 => Weights::Safetensors(paths),
-                _ => Weights::PyTorch(paths),
-            });
-        }
-        let file = format!("{} (or {})", CANDIDATES[0], CANDIDATES[1..].join(", "));
-        let model = self.source.name();
-        Err(match not_cached {
-            true => Error::Offline { model, file },
-            false => Error::MissingFile { model, file },
+        ])?;
+        let paths = match file.ends_with(".index.json") {
+            false => vec![path],
+            true => shard_names(&path)?
+                .iter()
+                .map(|s| self.get(s))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(match file.starts_with("model.safetensors") {
+            true => Weights::Safetensors(paths),
+            false => Weights::PyTorch(paths),
         })
     }
 }
@@ -351,6 +357,7 @@ pub fn download(files: &ModelFiles) -> Result<Vec<PathBuf>> {
         "generation_config.json",
         "preprocessor_config.json",
         "tokenizer.json",
+        "spiece.model",
         "tokenizer_config.json",
         "special_tokens_map.json",
     ] {

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod hub;
+pub mod spiece;
 pub mod weights;
 
 use tokenizers::Tokenizer;
@@ -11,11 +12,83 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 use hub::ModelFiles;
 
+/// The model's `tokenizer.json`.
 pub fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
     let path = files.get("tokenizer.json")?;
     Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
         path: path.display().to_string(),
         message: e.to_string(),
+    })
+}
+
+/// A text tower's tokenizer and the one step its texts take before it.
+pub struct TextTokenizer {
+    pub tokenizer: Tokenizer,
+    /// Built from a SigLIP `spiece.model`: each text starts with `▁`, as
+    /// `SiglipTokenizer.tokenize` prefixes it, which a `tokenizers` pipeline cannot do for the
+    /// first piece of text only once white space or punctuation before it is gone.
+    spiece: bool,
+}
+
+impl TextTokenizer {
+    /// `text` as the tokenizer must be given it.
+    pub fn prepare(&self, text: &str) -> String {
+        match self.spiece {
+            true => format!("▁{}", text.replace('▁', " ")),
+            false => text.to_string(),
+        }
+    }
+
+    /// [`Self::prepare`], then `Tokenizer::encode_batch` with special tokens.
+    pub fn encode_batch(&self, texts: &[String]) -> tokenizers::Result<Vec<tokenizers::Encoding>> {
+        let texts: Vec<String> = texts.iter().map(|t| self.prepare(t)).collect();
+        self.tokenizer.encode_batch(texts, true)
+    }
+}
+
+/// The tokenizer of an image–text model: `tokenizer.json`, else a SigLIP `spiece.model` (see
+/// [`spiece`]) with `tokenizer_config.json`'s special tokens.
+pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
+    let (file, path) = files.first_of(&["tokenizer.json", "spiece.model"])?;
+    if file == "tokenizer.json" {
+        return Ok(TextTokenizer {
+            tokenizer: load_tokenizer(files)?,
+            spiece: false,
+        });
+    }
+    let config = match files.get_optional("tokenizer_config.json")? {
+        Some(p) => read_json(&p)?,
+        None => serde_json::Value::Null,
+    };
+    let class = config["tokenizer_class"]
+        .as_str()
+        .unwrap_or("SiglipTokenizer");
+    if class != "SiglipTokenizer" {
+        return Err(Error::Tokenizer {
+            path: path.display().to_string(),
+            message: format!(
+                "a spiece.model of a {class} is not supported (only SiglipTokenizer's): give the model a tokenizer.json"
+            ),
+        });
+    }
+    // A special token is a string or an AddedToken object {"content": ...}.
+    let token = |key: &str, default: &'static str| -> String {
+        let v = &config[key];
+        v.as_str()
+            .or_else(|| v["content"].as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
+    let tokenizer = spiece::siglip_tokenizer(
+        &path,
+        &token("eos_token", "</s>"),
+        &token("unk_token", "<unk>"),
+        &token("pad_token", "</s>"),
+        config["do_lower_case"].as_bool().unwrap_or(true),
+    )?;
+    Ok(TextTokenizer {
+        tokenizer,
+        spiece: true,
     })
 }
 

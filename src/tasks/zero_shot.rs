@@ -7,7 +7,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use crate::error::{Error, Result};
 use crate::load::hub::ModelFiles;
 use crate::load::weights;
-use crate::load::{load_tokenizer, read_json};
+use crate::load::{load_text_tokenizer, read_json, TextTokenizer};
 use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
 
@@ -17,7 +17,7 @@ pub const TEXT_BATCH: usize = 256;
 
 pub struct ImageTextModel {
     encoder: Box<dyn ImageTextEncoder>,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     preprocessor: Preprocessor,
     device: Device,
     dtype: DType,
@@ -55,7 +55,7 @@ pub fn load_image_text(
     let preprocessor = Preprocessor::new(PreprocessorConfig::from_file(
         &files.get("preprocessor_config.json")?,
     )?)?;
-    let mut tokenizer = load_tokenizer(files)?;
+    let mut tokenizer = load_text_tokenizer(files)?;
     // Under CLIP's causal mask no position before the pooled one sees the padding after it, so
     // any pad id gives the same embeddings: a tokenizer that names none pads with the config's
     // pad_token_id, else its eos. SigLIP attends to its padding, so its pad must be the real one.
@@ -66,8 +66,13 @@ pub fn load_image_text(
             .map(|id| id as u32),
         _ => None,
     };
-    let pad_id = pad_token_id(files, &tokenizer, fallback)?;
-    configure_tokenizer(&mut tokenizer, encoder.text_padding(), pad_id, &name)?;
+    let pad_id = pad_token_id(files, &tokenizer.tokenizer, fallback)?;
+    configure_tokenizer(
+        &mut tokenizer.tokenizer,
+        encoder.text_padding(),
+        pad_id,
+        &name,
+    )?;
     Ok(ImageTextModel {
         encoder,
         tokenizer,
@@ -176,12 +181,9 @@ impl ImageTextModel {
 
     /// [`Self::tokenize`], with each prompt's length without padding.
     fn tokenize_trimmed(&self, texts: &[String]) -> Result<Vec<(Vec<u32>, usize)>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| {
-                Error::Options(format!("cannot tokenize labels for {}: {e}", self.name))
-            })?;
+        let encodings = self.tokenizer.encode_batch(texts).map_err(|e| {
+            Error::Options(format!("cannot tokenize labels for {}: {e}", self.name))
+        })?;
         Ok(encodings
             .iter()
             .map(|e| {
