@@ -50,16 +50,32 @@ impl TextTokenizer {
 /// [`spiece`]) with `tokenizer_config.json`'s special tokens.
 pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
     let (file, path) = files.first_of(&["tokenizer.json", "spiece.model"])?;
-    if file == "tokenizer.json" {
-        return Ok(TextTokenizer {
-            tokenizer: load_tokenizer(files)?,
-            spiece: false,
-        });
-    }
     let config = match files.get_optional("tokenizer_config.json")? {
         Some(p) => read_json(&p)?,
         None => serde_json::Value::Null,
     };
+    if file == "tokenizer.json" {
+        let mut tokenizer = load_tokenizer(files)?;
+        // Matches Siglip2Tokenizer: the Gemma tokenizer with lowercasing in front, as SigLIP 2
+        // was trained. (The Hub's SigLIP 2 repos name GemmaTokenizer, which does not lowercase.)
+        if config["tokenizer_class"] == "Siglip2Tokenizer" {
+            let lowercase = tokenizers::NormalizerWrapper::from(tokenizers::normalizers::Lowercase);
+            let steps = match tokenizer.get_normalizer().cloned() {
+                Some(existing) => vec![lowercase, existing],
+                None => vec![lowercase],
+            };
+            tokenizer
+                .with_normalizer(Some(tokenizers::normalizers::Sequence::new(steps)))
+                .map_err(|e| Error::Tokenizer {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        return Ok(TextTokenizer {
+            tokenizer,
+            spiece: false,
+        });
+    }
     let class = config["tokenizer_class"]
         .as_str()
         .unwrap_or("SiglipTokenizer");
@@ -95,4 +111,33 @@ pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
 pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub::ModelSource;
+
+    #[test]
+    fn siglip2_tokenizer_class_lowercases_and_gemma_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"cat": 0, "Cat": 1, "<unk>": 2}, "unk_token": "<unk>"}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        let ids = |class: &str| {
+            let config = serde_json::json!({ "tokenizer_class": class });
+            std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+            let files = ModelFiles::new(ModelSource::Local(dir.path().to_path_buf())).unwrap();
+            let t = load_text_tokenizer(&files).unwrap();
+            t.encode_batch(&["Cat".to_string()]).unwrap()[0]
+                .get_ids()
+                .to_vec()
+        };
+        assert_eq!(ids("Siglip2Tokenizer"), [0]);
+        assert_eq!(ids("GemmaTokenizer"), [1]);
+    }
 }
