@@ -113,6 +113,9 @@ pub struct OutputArgs {
     /// Label Studio: put this in front of each file in data.image (e.g. /data/local-files/?d=).
     #[arg(long, default_value = "", value_name = "PREFIX")]
     pub ls_url_prefix: String,
+    /// COCO: write each file_name relative to DIR (default: the directory the inputs share).
+    #[arg(long, value_name = "DIR")]
+    pub coco_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

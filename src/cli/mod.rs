@@ -121,6 +121,7 @@ pub(crate) fn output_options(
         sidecar_ext: args.sidecar_ext.clone(),
         existing: args.existing,
         resume: args.resume,
+        coco_root: args.coco_root.clone(),
         label_studio: LabelStudioOptions {
             from_name: args.ls_from_name.clone(),
             caption_name: args.ls_caption_name.clone(),

@@ -2,6 +2,7 @@
 //! one back for resume.
 
 use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
@@ -29,8 +30,61 @@ pub(crate) fn check(rec: &Record, text_field: &str) -> Result<()> {
     }
 }
 
+/// The directory every path in `files` lies in, lexically (`photos` for `photos/a/1.jpg` and
+/// `photos/b/2.jpg`); empty when they share none.
+fn common_dir<'a>(files: impl Iterator<Item = &'a str>) -> PathBuf {
+    let mut common: Option<Vec<Component>> = None;
+    for file in files {
+        let parent: Vec<Component> = Path::new(file)
+            .parent()
+            .map(|p| p.components().collect())
+            .unwrap_or_default();
+        common = Some(match common {
+            None => parent,
+            Some(c) => c
+                .into_iter()
+                .zip(parent)
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    common.unwrap_or_default().iter().collect()
+}
+
+/// `file` relative to `root` with `/` between components, as COCO tools join it to their image
+/// root; the path as given when it is not under `root` (lexically, nor once both are resolved).
+fn relative_name(file: &str, root: &Path) -> String {
+    let path = Path::new(file);
+    let rel = path.strip_prefix(root).map(Path::to_path_buf).or_else(|_| {
+        let (p, r) = (path.canonicalize()?, root.canonicalize()?);
+        p.strip_prefix(&r)
+            .map(Path::to_path_buf)
+            .map_err(|_| std::io::Error::other("not under the root"))
+    });
+    match rel {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+        _ => file.to_string(),
+    }
+}
+
 /// The document for `records`: ids from 1 in record order; failed records go under "errors".
-pub(crate) fn render(records: &[Record], text_field: &str) -> Value {
+/// Each image's `file_name` is relative to `root` (default: the directory the files share);
+/// `path` keeps the file as the run named it, where that differs.
+pub(crate) fn render(records: &[Record], text_field: &str, root: Option<&Path>) -> Value {
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => common_dir(
+            records
+                .iter()
+                .filter(|r| r.is_ok())
+                .map(|r| r.file.as_str()),
+        ),
+    };
     let mut images = Vec::new();
     let mut annotations = Vec::new();
     let mut errors = Vec::new();
@@ -42,7 +96,11 @@ pub(crate) fn render(records: &[Record], text_field: &str) -> Value {
         let image_id = images.len() + 1;
         let mut image = Map::new();
         image.insert("id".into(), image_id.into());
-        image.insert("file_name".into(), rec.file.clone().into());
+        let name = relative_name(&rec.file, &root);
+        if name != rec.file {
+            image.insert("path".into(), rec.file.clone().into());
+        }
+        image.insert("file_name".into(), name.into());
         for key in ["width", "height"] {
             if let Some(v) = rec.fields.get(key).filter(|v| !v.is_null()) {
                 image.insert(key.into(), v.clone());
@@ -116,7 +174,12 @@ pub(crate) fn parse(doc: &Value, text_field: &str) -> Result<Vec<Record>> {
     }
     let mut records = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {
-        let Some(file) = image.get("file_name").and_then(Value::as_str) else {
+        // `path` is the file as the run named it (what resuming matches); documents without it
+        // name it by `file_name`.
+        let Some(file) = ["path", "file_name"]
+            .iter()
+            .find_map(|k| image.get(*k).and_then(Value::as_str))
+        else {
             bail!("image {} has no \"file_name\"", i + 1);
         };
         let mut rec = Record::new(file);
@@ -274,5 +337,43 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn file_names_are_relative_to_the_shared_or_given_root() {
+        let rec = |file: &str| {
+            let mut r = Record::new(file);
+            r.fields.insert("caption".into(), "x".into());
+            r
+        };
+        let records = [
+            rec("../shared/images/a/1.jpg"),
+            rec("../shared/images/b/2.jpg"),
+        ];
+        let doc = render(&records, "caption", None);
+        let images = doc["images"].as_array().unwrap();
+        assert_eq!(images[0]["file_name"], "a/1.jpg");
+        assert_eq!(images[1]["file_name"], "b/2.jpg");
+        assert_eq!(images[1]["path"], "../shared/images/b/2.jpg");
+        // Resuming matches the path as the run named it.
+        let back: Vec<String> = parse(&doc, "caption")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.file)
+            .collect();
+        assert_eq!(
+            back,
+            ["../shared/images/a/1.jpg", "../shared/images/b/2.jpg"]
+        );
+        let doc = render(&records, "caption", Some(Path::new("../shared")));
+        assert_eq!(doc["images"][0]["file_name"], "images/a/1.jpg");
+        // Not under the root: the path as given.
+        let doc = render(&records, "caption", Some(Path::new("/elsewhere")));
+        assert_eq!(doc["images"][0]["file_name"], "../shared/images/a/1.jpg");
+        assert!(doc["images"][0].get("path").is_none());
+        assert_eq!(
+            common_dir(["a.jpg", "/abs/b.jpg"].into_iter()),
+            PathBuf::new()
+        );
     }
 }

@@ -28,6 +28,7 @@ pub(crate) struct DocumentSink {
     format: Format,
     text_field: String,
     label_studio: LabelStudioOptions,
+    coco_root: Option<PathBuf>,
     target: Target,
     /// Records kept from an earlier run, then this run's, in order.
     records: Vec<Record>,
@@ -76,6 +77,7 @@ pub(crate) fn open(
         format: opts.format,
         text_field: opts.text_field.clone(),
         label_studio: opts.label_studio.clone(),
+        coco_root: opts.coco_root.clone(),
         target,
         records,
         summary: Summary::default(),
@@ -127,7 +129,9 @@ fn load_document(path: &Path, opts: &OutputOptions) -> Result<Vec<Record>> {
 impl DocumentSink {
     fn render(&self) -> Result<Vec<u8>> {
         let doc = match self.format {
-            Format::Coco => coco::render(&self.records, &self.text_field),
+            Format::Coco => {
+                coco::render(&self.records, &self.text_field, self.coco_root.as_deref())
+            }
             Format::LabelStudio => label_studio::render(&self.records, &self.label_studio),
             _ => Value::Array(self.records.iter().map(Record::to_json).collect()),
         };

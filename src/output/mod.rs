@@ -201,6 +201,9 @@ pub struct OutputOptions {
     pub resume: bool,
     /// Control names for `Format::LabelStudio`.
     pub label_studio: LabelStudioOptions,
+    /// `Format::Coco`: each `file_name` is relative to this directory; `None`, to the
+    /// directory the successful records' files share.
+    pub coco_root: Option<PathBuf>,
 }
 
 impl Default for OutputOptions {
@@ -214,6 +217,7 @@ impl Default for OutputOptions {
             existing: Existing::Skip,
             resume: false,
             label_studio: LabelStudioOptions::default(),
+            coco_root: None,
         }
     }
 }
