@@ -10,10 +10,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use glance::load::hub::{ModelFiles, ModelSource};
 use glance::tasks::zero_shot::{load_image_text, ImageTextModel};
 
-/// Pixel values in normalized units: PNGs bit-exact, JPEGs within one 8-bit level (see
-/// blip_parity.rs: PIL's libjpeg-turbo and zune-jpeg may round differently).
+/// Pixel values in normalized units: bit-exact for PNGs and JPEGs alike (see blip_parity.rs).
 const PNG_TOLERANCE: f32 = 1e-6;
-const JPEG_TOLERANCE: f32 = 0.016;
+const JPEG_TOLERANCE: f32 = PNG_TOLERANCE;
 /// Embeddings and logits: max abs difference relative to the largest reference magnitude.
 const FLOAT_TOLERANCE: f32 = 1e-4;
 /// Probabilities: max abs difference.

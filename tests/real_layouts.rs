@@ -569,3 +569,55 @@ fn siglip_from_spiece_scores_equal_transformers() {
     }
     assert!(worst < 1e-5, "scores differ from transformers' by {worst}");
 }
+
+#[test]
+fn jpeg_pixels_equal_pillows() {
+    // tests/fixtures/generate_jpegs.py: every JPEG layout Pillow writes, and its pixels after
+    // exif_transpose and convert("RGB").
+    let dir = fixture("jpeg");
+    let reference = candle_core::safetensors::load(
+        dir.join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&String> = reference.keys().collect();
+    names.sort();
+    assert_eq!(names.len(), 12);
+    for name in names {
+        let want = &reference[name];
+        let (h, w, _) = want.dims3().unwrap();
+        let decoded =
+            glance::preprocess::decode::decode(&dir.join(format!("{name}.jpg")), u64::MAX).unwrap();
+        assert_eq!(
+            (decoded.height as usize, decoded.width as usize),
+            (h, w),
+            "{name}"
+        );
+        let want = want.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let differ = decoded
+            .rgb
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{name}: {differ} of {} bytes differ from Pillow's",
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn a_truncated_jpeg_is_an_error_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(shared_images().join("rocket.jpg")).unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = glance::preprocess::decode::decode(&cut, u64::MAX)
+        .err()
+        .unwrap();
+    assert!(err.contains("truncated"), "{err}");
+}

@@ -14,10 +14,9 @@ use glance::load::hub::{ModelFiles, ModelSource};
 use glance::tasks::caption::Captioner;
 use glance::tasks::classify::{load_recognizer, Recognizer};
 
-/// Pixel values in normalized units: PNGs bit-exact, JPEGs within one 8-bit level (different
-/// JPEG decoders; see blip_parity.rs).
+/// Pixel values in normalized units: bit-exact for PNGs and JPEGs alike (see blip_parity.rs).
 const PNG_TOLERANCE: f32 = 1e-6;
-const JPEG_TOLERANCE: f32 = 0.05;
+const JPEG_TOLERANCE: f32 = PNG_TOLERANCE;
 /// Encoder states and logits: max abs difference relative to the largest reference magnitude.
 const FLOAT_TOLERANCE: f32 = 1e-4;
 

@@ -1,9 +1,11 @@
-//! Image decoding: any format the `image` crate reads, EXIF orientation applied, converted to
-//! 8-bit RGB the way transformers' `convert_to_rgb` does (alpha composited onto white).
+//! Image decoding: JPEGs with Pillow's decoder settings, any other format the `image` crate
+//! reads; EXIF orientation applied, converted to 8-bit RGB the way transformers'
+//! `convert_to_rgb` does (alpha composited onto white).
 
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 /// PIL refuses images above twice `Image.MAX_IMAGE_PIXELS` (89,478,485) as decompression bombs.
@@ -17,37 +19,52 @@ pub struct Decoded {
 }
 
 /// Reads, decodes, orients and converts one image; errors are plain messages about the input.
+/// JPEGs go through [`super::jpeg`] (Pillow's pixels), other formats through the `image` crate.
 pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    if bytes.is_empty() {
         return Err("empty file".into());
     }
-    let reader = ImageReader::new(BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not an image (unrecognised format)".into());
-    }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("cannot decode: {e}"))?;
-    let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(format!(
-            "image is {w}x{h} = {pixels} pixels, above the limit of {max_pixels} (possible decompression bomb; raise --max-image-pixels to allow it)"
-        ));
-    }
-    if pixels == 0 {
-        return Err(format!("image has no pixels ({w}x{h})"));
-    }
-    let orientation = decoder.orientation().ok();
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
-    if let Some(orientation) = orientation {
-        image.apply_orientation(orientation);
-    }
+    let check_size = |w: u32, h: u32| {
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > max_pixels {
+            return Err(format!(
+                "image is {w}x{h} = {pixels} pixels, above the limit of {max_pixels} (possible decompression bomb; raise --max-image-pixels to allow it)"
+            ));
+        }
+        if pixels == 0 {
+            return Err(format!("image has no pixels ({w}x{h})"));
+        }
+        Ok(())
+    };
+    let image = if super::jpeg::is_jpeg(&bytes) {
+        let jpeg = super::jpeg::decode(&bytes, check_size)?;
+        let orientation = jpeg.exif.as_deref().and_then(Orientation::from_exif_chunk);
+        let mut image = DynamicImage::ImageRgb8(jpeg.rgb);
+        if let Some(orientation) = orientation {
+            image.apply_orientation(orientation);
+        }
+        image
+    } else {
+        let reader = ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if reader.format().is_none() {
+            return Err("not an image (unrecognised format)".into());
+        }
+        let mut decoder = reader
+            .into_decoder()
+            .map_err(|e| format!("cannot decode: {e}"))?;
+        let (w, h) = decoder.dimensions();
+        check_size(w, h)?;
+        let orientation = decoder.orientation().ok();
+        let mut image =
+            DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
+        if let Some(orientation) = orientation {
+            image.apply_orientation(orientation);
+        }
+        image
+    };
     let rgb = to_rgb(image);
     let (width, height) = rgb.dimensions();
     Ok(Decoded { rgb, width, height })

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub mod decode;
+pub mod jpeg;
 mod resample;
 pub use resample::Filter;
 
