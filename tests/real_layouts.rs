@@ -621,3 +621,109 @@ fn a_truncated_jpeg_is_an_error_record() {
         .unwrap();
     assert!(err.contains("truncated"), "{err}");
 }
+
+/// A Hub on 127.0.0.1 serving `files` of one repo the way the Hub's resolve endpoint answers
+/// hf-hub (an etag, the commit, byte ranges), 404 for anything else. Answers at most `limit`
+/// requests, then stops.
+fn fake_hub(files: Vec<(&'static str, PathBuf)>, limit: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(limit) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            // "bytes=0-0" (hf-hub's metadata probe) or "bytes=N-" (the download).
+            let mut range: (usize, Option<usize>) = (0, None);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(r) = line
+                    .to_ascii_lowercase()
+                    .trim()
+                    .strip_prefix("range: bytes=")
+                {
+                    let (a, b) = r.split_once('-').unwrap();
+                    range = (a.parse().unwrap(), b.parse().ok());
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or_default();
+            let file = path.rsplit("/resolve/main/").next().unwrap_or_default();
+            let response = match files.iter().find(|(name, _)| *name == file) {
+                None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_vec(),
+                Some((_, src)) => {
+                    let bytes = std::fs::read(src).unwrap();
+                    let end = range.1.unwrap_or(bytes.len() - 1).min(bytes.len() - 1);
+                    let body = &bytes[range.0..=end];
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\netag: \"{:016x}\"\r\nx-repo-commit: {COMMIT}\r\ncontent-range: bytes {}-{end}/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        bytes.len() * 1_000_003 + file.len(),
+                        range.0,
+                        bytes.len(),
+                        body.len()
+                    );
+                    [head.into_bytes(), body.to_vec()].concat()
+                }
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    address
+}
+
+#[cfg(unix)]
+#[test]
+fn glance_download_leaves_no_exist_markers_for_offline_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let mut files = from_fixture("blip-tiny", BLIP_FILES);
+    files.push((
+        "pytorch_model.bin",
+        fixture("bin/blip-tiny/pytorch_model.bin"),
+    ));
+    let hub = fake_hub(files, 64);
+    let out = glance()
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &hub)
+        .args(["download", "Salesforce/blip-image-captioning-base"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repo = home
+        .path()
+        .join("hub/models--Salesforce--blip-image-captioning-base");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        COMMIT
+    );
+    // The files the repo lacks are marked as huggingface_hub marks them.
+    for absent in [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "generation_config.json",
+    ] {
+        let marker = repo.join(".no_exist").join(COMMIT).join(absent);
+        assert!(marker.is_file(), "no marker for {absent}");
+        assert_eq!(std::fs::metadata(&marker).unwrap().len(), 0);
+    }
+    assert!(repo
+        .join("snapshots")
+        .join(COMMIT)
+        .join("pytorch_model.bin")
+        .is_file());
+    // Offline, the markered cache serves the default model.
+    let captions = run_ok(&["caption"], &images()[..2], &[("HF_HOME", home.path())]);
+    assert!(
+        captions.iter().all(|r| r["caption"].is_string()),
+        "{captions:?}"
+    );
+}
