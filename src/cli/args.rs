@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use glance::device::{DTypeChoice, DeviceChoice};
 use glance::output::{Existing, Format};
-use glance::run::inputs::Shard;
+use glance::run::inputs::{ShardArg, ShardBy};
 
 pub use glance::run::pipeline::{DEFAULT_CAPTION_MODEL, DEFAULT_ZERO_SHOT_MODEL};
 
@@ -73,9 +73,18 @@ pub struct RunArgs {
     /// Images per forward pass.
     #[arg(long, short = 'b', default_value_t = 8)]
     pub batch_size: usize,
-    /// Process only shard K of N (1-based): a deterministic 1/N of the inputs.
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<Shard>,
+    /// Process only shard K of N (1-based), or `auto`: the shard of this Slurm array task
+    /// (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "K/N|auto")]
+    pub shard: Option<ShardArg>,
+    /// How inputs go to shards: hash (of the path relative to its input directory: adding files
+    /// moves none of the others) or position (exactly balanced for a fixed list).
+    #[arg(long, default_value = "hash", value_name = "hash|position")]
+    pub shard_by: ShardBy,
+    /// With --shard auto in a Kubernetes Indexed Job: the number of shards (the Job's
+    /// completions); GLANCE_SHARD_COUNT works too.
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<usize>,
     /// Refuse images with more pixels than this (decompression-bomb guard; PIL's limit by default).
     #[arg(long, default_value_t = glance::preprocess::decode::DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,

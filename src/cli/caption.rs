@@ -27,7 +27,12 @@ pub(crate) fn run(args: CaptionArgs) -> Result<ExitCode> {
         seed: g.seed,
         ..GenerationParams::default()
     };
-    let output = output_options(&args.output, &["file", "caption", "error"], "caption")?;
+    let output = output_options(
+        &args.output,
+        &args.run,
+        &["file", "caption", "error"],
+        "caption",
+    )?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, args::DEFAULT_CAPTION_MODEL)?;
     let started = std::time::Instant::now();

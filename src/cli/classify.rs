@@ -27,7 +27,12 @@ pub(crate) fn classify(args: ClassifyArgs) -> Result<ExitCode> {
         (None, None) => None,
     };
     let templates = templates(&args.prompts)?;
-    let output = output_options(&args.output, &["file", "label", "score", "error"], "label")?;
+    let output = output_options(
+        &args.output,
+        &args.run,
+        &["file", "label", "score", "error"],
+        "label",
+    )?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, args::DEFAULT_ZERO_SHOT_MODEL)?;
     let started = std::time::Instant::now();
@@ -53,7 +58,12 @@ pub(crate) fn label(args: LabelArgs) -> Result<ExitCode> {
         return run_preset(name, &args.device, &args.run, &args.output, None);
     }
     let templates = templates(&args.prompts)?;
-    let output = output_options(&args.output, &["file", "labels", "error"], "labels")?;
+    let output = output_options(
+        &args.output,
+        &args.run,
+        &["file", "labels", "error"],
+        "labels",
+    )?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, args::DEFAULT_ZERO_SHOT_MODEL)?;
     let model = load_recognizer(&files, &device, dtype)?;

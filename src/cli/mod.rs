@@ -11,13 +11,15 @@ mod pipeline;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use args::{Cli, Command, DownloadArgs, OutputArgs, RunArgs, SortArgs};
 use glance::load::hub::{ModelFiles, ModelSource};
 use glance::output::{open_sink, Format, LabelStudioOptions, OutputOptions, Record};
-use glance::run::inputs::{collect_inputs, InputSpec};
+use glance::run::inputs::{collect_inputs, InputSpec, Shard, ShardArg};
 use glance::run::runner::{self, RunOptions, RunReport};
 use glance::run::sort::{SortInto, SortMode, SortingSink};
 use glance::tasks::Stage;
@@ -103,19 +105,48 @@ pub(crate) fn open_device(
     Ok((device, dtype))
 }
 
+/// The run's shard: `--shard K/N`, or with `--shard auto` the scheduler's task from the
+/// environment.
+pub(crate) fn shard(run: &RunArgs) -> Result<Option<Shard>> {
+    Ok(match run.shard {
+        None => None,
+        Some(ShardArg::Fixed(shard)) => Some(shard),
+        Some(ShardArg::Auto) => Some(
+            Shard::from_env(|name| std::env::var(name).ok(), run.shard_count)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    })
+}
+
 pub(crate) fn output_options(
     args: &OutputArgs,
+    run: &RunArgs,
     csv_columns: &[&str],
     text_field: &str,
 ) -> Result<OutputOptions> {
-    let format = match (args.format, &args.output) {
+    // `-o out/captions-{shard}.jsonl`: each shard of a job writes its own file.
+    let path = match (&args.output, shard(run)?) {
+        (Some(p), shard) if p.to_string_lossy().contains("{shard}") => {
+            let Some(shard) = shard else {
+                bail!(
+                    "-o {} names {{shard}}, but the run has no --shard",
+                    p.display()
+                );
+            };
+            Some(PathBuf::from(
+                p.to_string_lossy().replace("{shard}", &shard.label()),
+            ))
+        }
+        (p, _) => p.clone(),
+    };
+    let format = match (args.format, &path) {
         (Some(f), _) => f,
         (None, Some(path)) => Format::from_path(path)?,
         (None, None) => Format::Jsonl,
     };
     Ok(OutputOptions {
         format,
-        path: args.output.clone(),
+        path,
         csv_columns: csv_columns.iter().map(|s| s.to_string()).collect(),
         text_field: text_field.to_string(),
         sidecar_ext: args.sidecar_ext.clone(),
@@ -139,7 +170,8 @@ pub(crate) fn run_stages(
 ) -> Result<RunReport> {
     let spec = InputSpec {
         args: run.inputs.clone(),
-        shard: run.shard,
+        shard: shard(run)?,
+        shard_by: run.shard_by,
     };
     let (inputs, missing) = collect_inputs(&spec, std::io::stdin().lock())?;
     let early: Vec<Record> = missing

@@ -42,7 +42,7 @@ fn execute(
 ) -> Result<ExitCode> {
     let columns = pipeline.csv_columns();
     let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let output = output_options(output, &columns, &pipeline.text_field())?;
+    let output = output_options(output, run, &columns, &pipeline.text_field())?;
     let classifies = pipeline
         .stages
         .iter()

@@ -11,9 +11,14 @@
 //! - A path that does not exist (or cannot be read) becomes an [`InputError`]; the run goes on.
 //! - Overall order: argument order, each directory's files sorted. A path met again (after making it absolute
 //!   and dropping `.` components, without resolving symbolic links) is dropped: the first one is kept.
-//! - Sharding `K/N` keeps the inputs at 0-based positions `i` (after deduplication) with `i % N == K - 1`.
-//!   Errors are not sharded: they are all reported by shard 1 only, so that a set of N shards reports each
-//!   error exactly once.
+//! - Sharding `K/N` splits the inputs (after deduplication) over N shards. By hash (the default,
+//!   [`ShardBy::Hash`]), an input belongs to shard `FNV-1a(key) % N + 1`, where the key is its path
+//!   relative to the directory argument it was found in (a file argument: the path as given), so
+//!   adding files to a collection moves none of the others to another shard, and a shard retried
+//!   later takes the same files. By position ([`ShardBy::Position`]), shard K keeps the 0-based
+//!   positions `i` with `i % N == K - 1`: exactly balanced, but any new file shifts the rest.
+//!   Errors are not sharded: they are all reported by shard 1 only, so that a set of N shards reports
+//!   each error exactly once.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -36,6 +41,49 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 pub struct InputSpec {
     pub args: Vec<String>,
     pub shard: Option<Shard>,
+    pub shard_by: ShardBy,
+}
+
+/// How inputs are assigned to shards (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardBy {
+    /// By a hash of the path relative to its input root: stable when files are added.
+    #[default]
+    Hash,
+    /// By position in the sorted input list: exactly balanced for a fixed list.
+    Position,
+}
+
+impl FromStr for ShardBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hash" => Ok(Self::Hash),
+            "position" => Ok(Self::Position),
+            other => Err(format!(
+                "--shard-by must be hash or position, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// `--shard`: `K/N`, or `auto` for the scheduler's task (see [`Shard::from_env`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardArg {
+    Fixed(Shard),
+    Auto,
+}
+
+impl FromStr for ShardArg {
+    type Err = ShardParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            other => other.parse().map(Self::Fixed),
+        }
+    }
 }
 
 /// One shard of a run split over several processes: `index` is 1-based (`1..=count`).
@@ -47,13 +95,87 @@ pub struct Shard {
 
 /// A malformed `--shard` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid shard {0:?}: shard must look like K/N with 1 <= K <= N")]
+#[error("invalid shard {0:?}: shard must look like K/N with 1 <= K <= N, or auto")]
 pub struct ShardParseError(pub String);
 
+/// FNV-1a, 64 bits: a hash that is the same on every machine and in every version.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 impl Shard {
-    /// Whether the input at 0-based `position` belongs to this shard.
-    pub fn keeps(&self, position: usize) -> bool {
-        self.count > 0 && position % self.count == self.index.wrapping_sub(1)
+    /// Whether the input at 0-based `position`, with the shard key `key`, belongs to this shard.
+    pub fn keeps(&self, position: usize, key: &str, by: ShardBy) -> bool {
+        if self.count == 0 {
+            return false;
+        }
+        let slot = match by {
+            ShardBy::Position => position % self.count,
+            ShardBy::Hash => (fnv1a(key.as_bytes()) % self.count as u64) as usize,
+        };
+        slot == self.index.wrapping_sub(1)
+    }
+
+    /// The shard of this task of a scheduler, from its environment (`var` reads a variable):
+    /// a Slurm job array (`SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`,
+    /// and `SLURM_ARRAY_TASK_STEP` for arrays like `0-30:10`) or a Kubernetes Indexed Job
+    /// (`JOB_COMPLETION_INDEX`, 0-based, with the count from `count`, else
+    /// `GLANCE_SHARD_COUNT`, since the Job does not expose its completions).
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+        count: Option<usize>,
+    ) -> Result<Shard, String> {
+        let number = |name: &str| -> Result<Option<usize>, String> {
+            match var(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
+            }
+        };
+        let shard = |index: usize, count: usize, from: &str| {
+            if count == 0 || index == 0 || index > count {
+                return Err(format!(
+                    "{from} gives shard {index} of {count}, which does not exist"
+                ));
+            }
+            Ok(Shard { index, count })
+        };
+        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            let total = match count {
+                Some(n) => n,
+                None => number("SLURM_ARRAY_TASK_COUNT")?
+                    .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?,
+            };
+            if id < min || (id - min) % step != 0 {
+                return Err(format!(
+                    "SLURM_ARRAY_TASK_ID={id} is not in the array {min}..:{step}"
+                ));
+            }
+            return shard((id - min) / step + 1, total, "the Slurm array");
+        }
+        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let total = match count {
+                Some(n) => n,
+                None => number("GLANCE_SHARD_COUNT")?.ok_or(
+                    "JOB_COMPLETION_INDEX is set, but not the number of shards: give --shard-count N or GLANCE_SHARD_COUNT (the Job's completions)",
+                )?,
+            };
+            return shard(index + 1, total, "the Kubernetes Indexed Job");
+        }
+        Err("--shard auto: neither a Slurm array task (SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed Job (JOB_COMPLETION_INDEX) is running this; give --shard K/N".into())
+    }
+
+    /// The shard for `-o`'s `{shard}`: K zero-padded to N's width (`03` of 12), so the files sort.
+    pub fn label(&self) -> String {
+        let width = self.count.to_string().len();
+        format!("{:0width$}", self.index)
     }
 }
 
@@ -86,6 +208,9 @@ pub struct Input {
     pub display: String,
     /// The path on disk.
     pub path: PathBuf,
+    /// What hash sharding hashes: the path relative to the directory argument it was found in
+    /// (`/` between components), or for a file argument the path as given.
+    pub key: String,
 }
 
 /// An argument that could not be used (it becomes an error record; the run goes on).
@@ -118,7 +243,7 @@ pub fn collect_inputs(
             let kept = inputs
                 .into_iter()
                 .enumerate()
-                .filter(|(i, _)| shard.keeps(*i))
+                .filter(|(i, input)| shard.keeps(*i, &input.key, spec.shard_by))
                 .map(|(_, input)| input);
             let errors = if shard.index == 1 { errors } else { Vec::new() };
             Ok((kept.collect(), errors))
@@ -148,7 +273,10 @@ impl Found {
     fn add_arg(&mut self, display: String, path: PathBuf) {
         match fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => self.walk(&path),
-            Ok(_) => self.push(display, path),
+            Ok(_) => {
+                let key = display.clone();
+                self.push(display, path, key)
+            }
             Err(e) => {
                 let message = describe_access_error(&path, &e);
                 self.push_error(display, message);
@@ -188,14 +316,21 @@ impl Found {
                 .cmp(b.as_os_str().as_encoded_bytes())
         });
         for path in files {
-            self.push(path.to_string_lossy().into_owned(), path);
+            let key = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            self.push(path.to_string_lossy().into_owned(), path, key);
         }
     }
 
-    fn push(&mut self, display: String, path: PathBuf) {
-        let key = self.dedup_key(&path);
-        if self.seen.insert(key) {
-            self.inputs.push(Input { display, path });
+    fn push(&mut self, display: String, path: PathBuf, key: String) {
+        let seen = self.dedup_key(&path);
+        if self.seen.insert(seen) {
+            self.inputs.push(Input { display, path, key });
         }
     }
 
@@ -288,7 +423,7 @@ mod tests {
     fn spec(args: &[&str]) -> InputSpec {
         InputSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
-            shard: None,
+            ..InputSpec::default()
         }
     }
 
@@ -395,19 +530,146 @@ mod tests {
         }
         let d = dir.path().to_str().unwrap().to_string();
         let missing = format!("{d}/missing.png");
-        let mut all = Vec::new();
-        for k in 1..=3 {
-            let spec = InputSpec {
-                args: vec![d.clone(), missing.clone()],
-                shard: Some(Shard { index: k, count: 3 }),
-            };
-            let (inputs, errors) = collect_inputs(&spec, Cursor::new("")).unwrap();
-            assert_eq!(errors.len(), usize::from(k == 1));
-            all.extend(displays(&inputs));
+        for by in [ShardBy::Hash, ShardBy::Position] {
+            let mut all = Vec::new();
+            for k in 1..=3 {
+                let spec = InputSpec {
+                    args: vec![d.clone(), missing.clone()],
+                    shard: Some(Shard { index: k, count: 3 }),
+                    shard_by: by,
+                };
+                let (inputs, errors) = collect_inputs(&spec, Cursor::new("")).unwrap();
+                assert_eq!(errors.len(), usize::from(k == 1));
+                all.extend(displays(&inputs));
+            }
+            all.sort();
+            let expected: Vec<String> = (0..7).map(|i| format!("{d}/{i}.png")).collect();
+            assert_eq!(all, expected, "{by:?}");
         }
-        all.sort();
-        let expected: Vec<String> = (0..7).map(|i| format!("{d}/{i}.png")).collect();
-        assert_eq!(all, expected);
+    }
+
+    /// Which shard of `count` each input of `dir` goes to, by file name.
+    fn assignment(
+        dir: &Path,
+        count: usize,
+        by: ShardBy,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        for index in 1..=count {
+            let spec = InputSpec {
+                args: vec![dir.to_str().unwrap().to_string()],
+                shard: Some(Shard { index, count }),
+                shard_by: by,
+            };
+            for input in collect_inputs(&spec, Cursor::new("")).unwrap().0 {
+                let name = input
+                    .path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                assert!(out.insert(name, index).is_none(), "an input in two shards");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hash_sharding_moves_no_file_when_files_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            touch(&dir.path().join(format!("b{i:02}.png")));
+        }
+        let before = assignment(dir.path(), 4, ShardBy::Hash);
+        for i in 0..40 {
+            // New files sort before, between and after the old ones.
+            touch(&dir.path().join(format!("a{i:02}.png")));
+            touch(&dir.path().join(format!("b{i:02}x.png")));
+        }
+        let after = assignment(dir.path(), 4, ShardBy::Hash);
+        assert_eq!(after.len(), 120);
+        assert!(before.iter().all(|(name, shard)| after[name] == *shard));
+        // Every shard gets some of them; by position the old files move.
+        assert!((1..=4).all(|k| before.values().any(|&s| s == k)));
+        let by_position = assignment(dir.path(), 4, ShardBy::Position);
+        assert!(before.keys().any(|n| by_position[n] != before[n]));
+    }
+
+    #[test]
+    fn hash_keys_are_relative_to_the_input_root() {
+        // The same collection under two roots is split the same way.
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for root in [a.path(), b.path().join("deeper/copy").as_path()] {
+            for i in 0..20 {
+                touch(&root.join(format!("sub/{i}.jpg")));
+            }
+        }
+        assert_eq!(
+            assignment(a.path(), 3, ShardBy::Hash),
+            assignment(&b.path().join("deeper/copy"), 3, ShardBy::Hash)
+        );
+    }
+
+    #[test]
+    fn shard_auto_reads_slurm_and_kubernetes_variables() {
+        let env = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        };
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
+        assert_eq!(
+            Shard::from_env(slurm, None),
+            Ok(Shard { index: 3, count: 4 })
+        );
+        // --array=0-30:10 is tasks 0, 10, 20, 30.
+        let stepped = env(&[
+            ("SLURM_ARRAY_TASK_ID", "20"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_STEP", "10"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
+        assert_eq!(
+            Shard::from_env(stepped, None),
+            Ok(Shard { index: 3, count: 4 })
+        );
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "0"), ("GLANCE_SHARD_COUNT", "8")]);
+        assert_eq!(Shard::from_env(k8s, None), Ok(Shard { index: 1, count: 8 }));
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "7")]);
+        assert_eq!(
+            Shard::from_env(&k8s, Some(8)),
+            Ok(Shard { index: 8, count: 8 })
+        );
+        let err = Shard::from_env(&k8s, None).unwrap_err();
+        assert!(err.contains("--shard-count"), "{err}");
+        assert!(Shard::from_env(&k8s, Some(4))
+            .unwrap_err()
+            .contains("does not exist"));
+        let err = Shard::from_env(env(&[]), None).unwrap_err();
+        assert!(err.contains("SLURM_ARRAY_TASK_ID") && err.contains("JOB_COMPLETION_INDEX"));
+        let bad = env(&[
+            ("SLURM_ARRAY_TASK_ID", "x"),
+            ("SLURM_ARRAY_TASK_COUNT", "2"),
+        ]);
+        assert!(Shard::from_env(bad, None)
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert_eq!("auto".parse::<ShardArg>(), Ok(ShardArg::Auto));
+        assert_eq!(
+            Shard {
+                index: 3,
+                count: 12
+            }
+            .label(),
+            "03"
+        );
     }
 
     #[cfg(unix)]
