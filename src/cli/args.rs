@@ -37,6 +37,36 @@ pub enum Command {
     Eval(EvalCommand),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
     Download(DownloadArgs),
+    /// Merge the outputs of a sharded job's tasks into one, in input order, checking with
+    /// --inputs that every image appears exactly once.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The parts: output files of the shards (any mix of jsonl, json, csv, coco, labelstudio).
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+    /// The merged output; its format from --format or its extension.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// jsonl, json, csv, coco or labelstudio.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// The inputs the job was given, written the same way (e.g. the same directory argument):
+    /// the result follows their order, and images missing from every part or present twice are
+    /// reported and fail the merge (exit 1).
+    #[arg(long, num_args = 1.., value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Write the result even when images are missing or appear twice (one record each).
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// The record field a COCO part's captions are (caption, or a pipeline stage's).
+    #[arg(long, default_value = "caption", value_name = "FIELD")]
+    pub field: String,
+    /// COCO: write each file_name relative to DIR (default: the directory the inputs share).
+    #[arg(long, value_name = "DIR")]
+    pub coco_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

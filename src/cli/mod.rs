@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use args::{Cli, Command, DownloadArgs, OutputArgs, RunArgs, SortArgs};
+use args::{Cli, Command, DownloadArgs, MergeArgs, OutputArgs, RunArgs, SortArgs};
 use glance::load::hub::{ModelFiles, ModelSource};
 use glance::output::{open_sink, Format, LabelStudioOptions, OutputOptions, Record};
 use glance::run::inputs::{collect_inputs, InputSpec, Shard, ShardArg};
@@ -36,6 +36,7 @@ pub fn run() -> ExitCode {
         Command::Eval(args::EvalCommand::Captions(args)) => eval::captions(*args),
         Command::Eval(args::EvalCommand::Classify(args)) => eval::classify(args),
         Command::Download(args) => download(args),
+        Command::Merge(args) => merge(args),
     };
     match result {
         Ok(code) => code,
@@ -74,6 +75,70 @@ pub(crate) fn download(args: DownloadArgs) -> Result<ExitCode> {
         println!("{}", p.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `glance merge`: 0 when every input is there exactly once (or with --allow-missing), 1 when
+/// images are missing or twice (the report names them), 2 when a part cannot be read.
+fn merge(args: MergeArgs) -> Result<ExitCode> {
+    use glance::run::merge::{merge, MergeOptions};
+    let format = match args.format {
+        Some(f) => f,
+        None => Format::from_path(&args.output)?,
+    };
+    let opts = MergeOptions {
+        parts: args.parts.clone(),
+        part_format: None,
+        inputs: (!args.inputs.is_empty()).then(|| InputSpec {
+            args: args.inputs.clone(),
+            ..InputSpec::default()
+        }),
+        output: OutputOptions {
+            format,
+            path: Some(args.output.clone()),
+            text_field: args.field.clone(),
+            coco_root: args.coco_root.clone(),
+            ..OutputOptions::default()
+        },
+        allow_missing: args.allow_missing,
+    };
+    let report = merge(&opts)?;
+    let list = |what: &str, files: &[String]| {
+        if !files.is_empty() {
+            eprintln!("glance merge: {} {what}:", files.len());
+            for f in files.iter().take(20) {
+                eprintln!("  {f}");
+            }
+            if files.len() > 20 {
+                eprintln!("  ... and {} more", files.len() - 20);
+            }
+        }
+    };
+    list("images missing from every part", &report.missing);
+    list("images in more than one record", &report.duplicates);
+    list("records of files not among --inputs", &report.unexpected);
+    match (report.written, report.is_exact()) {
+        (true, true) => {
+            eprintln!(
+                "glance merge: {} records from {} parts into {}",
+                report.records,
+                args.parts.len(),
+                args.output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (true, false) => {
+            eprintln!(
+                "glance merge: {} records into {} (--allow-missing)",
+                report.records,
+                args.output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (false, _) => {
+            eprintln!("glance merge: nothing written; --allow-missing merges anyway");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 pub(crate) fn model_files(args: &args::ModelArgs, default: &str) -> Result<ModelFiles> {

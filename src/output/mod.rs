@@ -59,12 +59,14 @@ mod csv;
 mod json;
 mod jsonl;
 mod label_studio;
+mod read;
 mod record;
 mod resume;
 mod sidecar;
 
 pub use json::journal_path;
 pub use label_studio::LabelStudioOptions;
+pub use read::{read_records, Part};
 pub use record::{csv_cell, number, value_text, Record, UNKNOWN};
 
 use std::collections::HashSet;
