@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -132,58 +132,18 @@ fn st_dtype(name: &str) -> Option<DType> {
 }
 
 impl WeightFiles {
-    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+    /// Opens each of `paths`, indexes its tensors with `index`, and maps it.
+    fn open_with(
+        paths: &[PathBuf],
+        index: impl Fn(&Path, &mut File, u64, usize, &mut HashMap<String, Entry>) -> Result<()>,
+    ) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut mappings = Vec::with_capacity(paths.len());
         let mut entries = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let bad = |m: String| Error::config(path, format!("not a safetensors file: {m}"));
-            let mut len = [0u8; 8];
-            file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
-            let header_len = u64::from_le_bytes(len);
             let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-            if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-                return Err(bad(format!("header of {header_len} bytes")));
-            }
-            let mut header = vec![0u8; header_len as usize];
-            file.read_exact(&mut header)
-                .map_err(|e| bad(e.to_string()))?;
-            let header: HashMap<String, serde_json::Value> =
-                serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
-            let data_start = 8 + header_len;
-            for (name, value) in header {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let info: TensorInfo =
-                    serde_json::from_value(value).map_err(|e| bad(format!("{name}: {e}")))?;
-                let (dtype, size) = match st_dtype(&info.dtype) {
-                    Some(dtype) => (Ok(dtype), dtype.size_in_bytes()),
-                    None => match st_unsupported_size(&info.dtype) {
-                        Some(size) => (Err(format!("dtype {}", info.dtype)), size),
-                        None => {
-                            return Err(bad(format!("{name} has unknown dtype {}", info.dtype)))
-                        }
-                    },
-                };
-                let (a, b) = info.data_offsets;
-                let expected = info.shape.iter().product::<usize>() * size;
-                if b < a || (b - a) as usize != expected || data_start + b > file_len {
-                    return Err(bad(format!("{name} has inconsistent offsets")));
-                }
-                entries.insert(
-                    name,
-                    Entry {
-                        file: i,
-                        dtype,
-                        shape: info.shape,
-                        start: data_start + a,
-                        len: expected,
-                        exclusive: true,
-                    },
-                );
-            }
+            index(path, &mut file, file_len, i, &mut entries)?;
             mappings.push(crate::load::alloc::map_file(&file, file_len as usize).map(Mapping));
             files.push((path.clone(), Mutex::new(file)));
         }
@@ -196,77 +156,131 @@ impl WeightFiles {
         })
     }
 
-    /// Indexes `pytorch_model.bin` files: the tensors' metadata from each archive's pickle, their
-    /// bytes where the zip entry of their storage lies in the file.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        Self::open_with(paths, Self::index_safetensors)
+    }
+
+    /// Indexes `pytorch_model.bin` files (see [`Self::index_pytorch`]).
     pub fn open_pytorch(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::with_capacity(paths.len());
-        let mut mappings = Vec::with_capacity(paths.len());
-        let mut entries = HashMap::new();
-        for (i, path) in paths.iter().enumerate() {
-            let bad = |m: String| Error::config(path, format!("not a PyTorch checkpoint: {m}"));
-            let infos = candle_core::pickle::read_pth_tensor_info(path, false, None)
-                .map_err(|e| bad(e.to_string()))?;
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-            let mut zip = zip::ZipArchive::new(std::io::BufReader::new(
-                file.try_clone().map_err(|e| Error::io(path, e))?,
-            ))
-            .map_err(|e| bad(e.to_string()))?;
-            // Storage entry -> its first byte in the file and its length.
-            let mut storages: HashMap<String, (u64, u64)> = HashMap::new();
-            for info in infos {
-                let name = info.name.clone();
-                let storage = match storages.get(&info.path) {
-                    Some(s) => *s,
-                    None => {
-                        let entry = zip
-                            .by_name(&info.path)
-                            .map_err(|e| bad(format!("{name}: {e}")))?;
-                        if entry.compression() != zip::CompressionMethod::Stored {
-                            return Err(bad(format!("{name}: compressed storage")));
-                        }
-                        let start = entry
-                            .data_start()
-                            .ok_or_else(|| bad(format!("{name}: no data offset")))?;
-                        let s = (start, entry.size());
-                        storages.insert(info.path.clone(), s);
-                        s
-                    }
-                };
-                let layout = &info.layout;
-                let shape = layout.dims().to_vec();
-                let len = shape.iter().product::<usize>() * info.dtype.size_in_bytes();
-                // candle's pickle reader gives the storage offset in bytes.
-                let offset = layout.start_offset() as u64;
-                if offset + len as u64 > storage.1 || storage.0 + storage.1 > file_len {
-                    return Err(bad(format!("{name} lies outside its storage")));
-                }
-                let dtype = match layout.is_contiguous() {
-                    true => Ok(info.dtype),
-                    false => Err(format!("strided layout {:?}", layout.stride())),
-                };
-                entries.insert(
-                    name,
-                    Entry {
-                        file: i,
-                        dtype,
-                        shape,
-                        start: storage.0 + offset,
-                        len,
-                        exclusive: true,
-                    },
-                );
-            }
-            mappings.push(crate::load::alloc::map_file(&file, file_len as usize).map(Mapping));
-            files.push((path.clone(), Mutex::new(file)));
+        Self::open_with(paths, Self::index_pytorch)
+    }
+
+    /// Indexes one safetensors file's tensors (its header) into `entries`.
+    fn index_safetensors(
+        path: &Path,
+        file: &mut File,
+        file_len: u64,
+        i: usize,
+        entries: &mut HashMap<String, Entry>,
+    ) -> Result<()> {
+        let bad = |m: String| Error::config(path, format!("not a safetensors file: {m}"));
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+            return Err(bad(format!("header of {header_len} bytes")));
         }
-        mark_overlaps(&mut entries);
-        Ok(Self {
-            files,
-            mappings,
-            entries,
-            mapped: Mutex::new(HashSet::new()),
-        })
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| bad(e.to_string()))?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+        let data_start = 8 + header_len;
+        for (name, value) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let info: TensorInfo =
+                serde_json::from_value(value).map_err(|e| bad(format!("{name}: {e}")))?;
+            let (dtype, size) = match st_dtype(&info.dtype) {
+                Some(dtype) => (Ok(dtype), dtype.size_in_bytes()),
+                None => match st_unsupported_size(&info.dtype) {
+                    Some(size) => (Err(format!("dtype {}", info.dtype)), size),
+                    None => return Err(bad(format!("{name} has unknown dtype {}", info.dtype))),
+                },
+            };
+            let (a, b) = info.data_offsets;
+            let expected = info.shape.iter().product::<usize>() * size;
+            if b < a || (b - a) as usize != expected || data_start + b > file_len {
+                return Err(bad(format!("{name} has inconsistent offsets")));
+            }
+            entries.insert(
+                name,
+                Entry {
+                    file: i,
+                    dtype,
+                    shape: info.shape,
+                    start: data_start + a,
+                    len: expected,
+                    exclusive: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Indexes one `pytorch_model.bin`'s tensors into `entries`: the metadata from the
+    /// archive's pickle, the bytes where the zip entry of their storage lies in the file.
+    fn index_pytorch(
+        path: &Path,
+        file: &mut File,
+        file_len: u64,
+        i: usize,
+        entries: &mut HashMap<String, Entry>,
+    ) -> Result<()> {
+        let bad = |m: String| Error::config(path, format!("not a PyTorch checkpoint: {m}"));
+        let infos = candle_core::pickle::read_pth_tensor_info(path, false, None)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(
+            file.try_clone().map_err(|e| Error::io(path, e))?,
+        ))
+        .map_err(|e| bad(e.to_string()))?;
+        // Storage entry -> its first byte in the file and its length.
+        let mut storages: HashMap<String, (u64, u64)> = HashMap::new();
+        for info in infos {
+            let name = info.name.clone();
+            let storage = match storages.get(&info.path) {
+                Some(s) => *s,
+                None => {
+                    let entry = zip
+                        .by_name(&info.path)
+                        .map_err(|e| bad(format!("{name}: {e}")))?;
+                    if entry.compression() != zip::CompressionMethod::Stored {
+                        return Err(bad(format!("{name}: compressed storage")));
+                    }
+                    let start = entry
+                        .data_start()
+                        .ok_or_else(|| bad(format!("{name}: no data offset")))?;
+                    let s = (start, entry.size());
+                    storages.insert(info.path.clone(), s);
+                    s
+                }
+            };
+            let layout = &info.layout;
+            let shape = layout.dims().to_vec();
+            let len = shape.iter().product::<usize>() * info.dtype.size_in_bytes();
+            // candle's pickle reader gives the storage offset in bytes.
+            let offset = layout.start_offset() as u64;
+            if offset + len as u64 > storage.1 || storage.0 + storage.1 > file_len {
+                return Err(bad(format!("{name} lies outside its storage")));
+            }
+            let dtype = match layout.is_contiguous() {
+                true => Ok(info.dtype),
+                false => Err(format!("strided layout {:?}", layout.stride())),
+            };
+            entries.insert(
+                name,
+                Entry {
+                    file: i,
+                    dtype,
+                    shape,
+                    start: storage.0 + offset,
+                    len,
+                    exclusive: true,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn load(&self, name: &str) -> candle_core::Result<Tensor> {
