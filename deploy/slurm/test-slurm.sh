@@ -113,8 +113,15 @@ for _ in $(seq 600); do
     [ -f "$part" ] && [ "$(wc -l <"$part")" -ge 5 ] && break
     sleep 0.1
 done
+if [ ! -f "$part" ]; then
+    echo "test-slurm.sh: task 1 never started writing its part; Slurm logs in $work" >&2
+    exit 2
+fi
 before=$(wc -l <"$part")
-scontrol requeue "${array}_1"
+if ! scontrol requeue "${array}_1"; then
+    echo "test-slurm.sh: could not requeue task 1 (already finished?): the scenario did not run" >&2
+    exit 2
+fi
 # Slurm holds a requeued task back for a couple of minutes before it may start again; let it
 # start at once.
 for _ in $(seq 50); do
