@@ -55,6 +55,36 @@ fn unsharded(format: &str, dir: &Path) -> PathBuf {
 
 /// Runs the 4 tasks of an array with `env(k)` as the scheduler's variables for task k (0-based),
 /// each writing `part-{shard}.EXT` in `format`.
+/// Task `k`'s command of a 4-task job, with `env(k)` as the scheduler's variables, writing
+/// `part-{shard}.EXT` in `format`.
+fn task(
+    dir: &Path,
+    format: &str,
+    ext: &str,
+    k: usize,
+    env: &impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> std::process::Command {
+    let mut cmd = glance();
+    cmd.args([
+        "caption",
+        "-m",
+        &blip(),
+        "--max-new-tokens",
+        "3",
+        "-q",
+        "--shard",
+        "auto",
+    ])
+    .args(["--format", format, "-o"])
+    .arg(dir.join(format!("part-{{shard}}.{ext}")))
+    .arg(images());
+    for (name, value) in env(k) {
+        cmd.env(name, value);
+    }
+    cmd
+}
+
+/// Runs the 4 tasks of a job (see [`task`]).
 fn run_tasks_as(
     dir: &Path,
     format: &str,
@@ -62,24 +92,7 @@ fn run_tasks_as(
     env: impl Fn(usize) -> Vec<(&'static str, String)>,
 ) {
     for k in 0..4 {
-        let mut cmd = glance();
-        cmd.args([
-            "caption",
-            "-m",
-            &blip(),
-            "--max-new-tokens",
-            "3",
-            "-q",
-            "--shard",
-            "auto",
-        ])
-        .args(["--format", format, "-o"])
-        .arg(dir.join(format!("part-{{shard}}.{ext}")))
-        .arg(images());
-        for (name, value) in env(k) {
-            cmd.env(name, value);
-        }
-        ok(&mut cmd);
+        ok(&mut task(dir, format, ext, k, &env));
     }
 }
 
@@ -246,25 +259,7 @@ fn a_killed_task_resumes_its_own_part_without_duplicates() {
     let cut = &full[..(first_line_end + 10).min(full.len())];
     std::fs::write(&part, cut).unwrap();
     // The retried pod runs the same command with --resume.
-    let mut cmd = glance();
-    cmd.args([
-        "caption",
-        "-m",
-        &blip(),
-        "--max-new-tokens",
-        "3",
-        "-q",
-        "--shard",
-        "auto",
-        "--resume",
-        "-o",
-    ])
-    .arg(dir.path().join("part-{shard}.jsonl"))
-    .arg(images());
-    for (k, v) in env(2) {
-        cmd.env(k, v);
-    }
-    ok(&mut cmd);
+    ok(task(dir.path(), "jsonl", "jsonl", 2, &env).arg("--resume"));
     assert_eq!(std::fs::read_to_string(&part).unwrap(), full);
     let out = merge(dir.path(), "jsonl", &["--inputs", &images()]);
     assert!(

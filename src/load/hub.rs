@@ -211,17 +211,7 @@ impl ModelFiles {
     /// The path of `file`, which the model must have: an error naming the file when the repo
     /// has none, or (offline) when the cache lacks it.
     pub fn get(&self, file: &str) -> Result<PathBuf> {
-        match self.resolve(file)? {
-            Resolved::Found(path) => Ok(path),
-            Resolved::Absent => Err(Error::MissingFile {
-                model: self.source.name(),
-                file: file.to_string(),
-            }),
-            Resolved::NotCached => Err(Error::Offline {
-                model: self.source.name(),
-                file: file.to_string(),
-            }),
-        }
+        self.first_of(&[file]).map(|(_, path)| path)
     }
 
     /// The first of `candidates` the model has, with its name: an error naming them all when

@@ -14,8 +14,11 @@ use hub::ModelFiles;
 
 /// The model's `tokenizer.json`.
 pub fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
-    let path = files.get("tokenizer.json")?;
-    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+    tokenizer_json(&files.get("tokenizer.json")?)
+}
+
+fn tokenizer_json(path: &std::path::Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
         path: path.display().to_string(),
         message: e.to_string(),
     })
@@ -55,7 +58,7 @@ pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
         None => serde_json::Value::Null,
     };
     if file == "tokenizer.json" {
-        let mut tokenizer = load_tokenizer(files)?;
+        let mut tokenizer = tokenizer_json(&path)?;
         // Matches Siglip2Tokenizer: the Gemma tokenizer with lowercasing in front, as SigLIP 2
         // was trained. (The Hub's SigLIP 2 repos name GemmaTokenizer, which does not lowercase.)
         if config["tokenizer_class"] == "Siglip2Tokenizer" {

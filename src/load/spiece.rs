@@ -164,17 +164,19 @@ impl SentencePieceModel {
     }
 }
 
+/// A normalizer replacing each match of the regex `pattern` with `with`.
+fn replace(pattern: &str, with: &str) -> Result<NormalizerWrapper> {
+    Replace::new(
+        tokenizers::normalizers::replace::ReplacePattern::Regex(pattern.into()),
+        with,
+    )
+    .map(NormalizerWrapper::from)
+    .map_err(|e| Error::Options(format!("spiece normalizer {pattern:?}: {e}")))
+}
+
 /// `text` between special tokens as `SiglipTokenizer.canonicalize_text` leaves it, as
 /// normalizers: lowercase, no ASCII punctuation, single spaces, trimmed.
 fn siglip_canonical(lowercase: bool) -> Result<Vec<NormalizerWrapper>> {
-    let replace = |pattern: &str, with: &str| {
-        Replace::new(
-            tokenizers::normalizers::replace::ReplacePattern::Regex(pattern.into()),
-            with,
-        )
-        .map(NormalizerWrapper::from)
-        .map_err(|e| Error::Options(format!("spiece normalizer: {e}")))
-    };
     let mut steps = Vec::new();
     if lowercase {
         steps.push(NormalizerWrapper::from(Lowercase));
@@ -224,14 +226,6 @@ pub fn siglip_tokenizer(
     // white space: NFKC folds (the precompiled map), white space collapsed, trailing trimmed.
     // The first piece of text keeps its leading `▁` (see [`super::TextTokenizer`]), which the
     // pre-tokenizer makes the word boundary.
-    let replace = |pattern: &str, with: &str| {
-        Replace::new(
-            tokenizers::normalizers::replace::ReplacePattern::Regex(pattern.into()),
-            with,
-        )
-        .map(NormalizerWrapper::from)
-        .map_err(|e| bad(e.to_string()))
-    };
     let mut normalizers = siglip_canonical(lowercase)?;
     normalizers.push(replace("▁", " ")?);
     if !model.precompiled_charsmap.is_empty() {

@@ -37,14 +37,10 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
         }
         Ok(())
     };
-    let image = if super::jpeg::is_jpeg(&bytes) {
+    let (mut image, orientation) = if super::jpeg::is_jpeg(&bytes) {
         let jpeg = super::jpeg::decode(&bytes, check_size)?;
         let orientation = jpeg.exif.as_deref().and_then(Orientation::from_exif_chunk);
-        let mut image = DynamicImage::ImageRgb8(jpeg.rgb);
-        if let Some(orientation) = orientation {
-            image.apply_orientation(orientation);
-        }
-        image
+        (DynamicImage::ImageRgb8(jpeg.rgb), orientation)
     } else {
         let reader = ImageReader::new(Cursor::new(&bytes))
             .with_guessed_format()
@@ -58,13 +54,13 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
         let (w, h) = decoder.dimensions();
         check_size(w, h)?;
         let orientation = decoder.orientation().ok();
-        let mut image =
+        let image =
             DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
-        if let Some(orientation) = orientation {
-            image.apply_orientation(orientation);
-        }
-        image
+        (image, orientation)
     };
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
     let rgb = to_rgb(image);
     let (width, height) = rgb.dimensions();
     Ok(Decoded { rgb, width, height })
