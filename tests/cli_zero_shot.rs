@@ -791,3 +791,90 @@ fn label_with_a_closed_set_classifier() {
     }
     assert!(tagged >= 3);
 }
+
+#[test]
+fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
+    let dir = fixture("clip-tiny");
+    let reference = common::reference(&dir);
+    let photos = photo_dir(&reference);
+    let cache = tempfile::tempdir().unwrap();
+    let templates = photos.path().join("templates.txt");
+    let lines: Vec<&str> = reference["ensemble"]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    fs::write(&templates, lines.join("\n")).unwrap();
+    let labels = labels(&reference);
+    let classify = |labels: &[String]| {
+        run(glance()
+            .env("GLANCE_CACHE", cache.path())
+            .args(["classify", "-m"])
+            .arg(&dir)
+            .arg("--labels")
+            .arg(labels.join(","))
+            .arg("--templates")
+            .arg(&templates)
+            .arg(photos.path()))
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let prompts = labels.len() * lines.len();
+
+    let first = classify(&labels);
+    assert!(
+        stderr(&first).contains(&format!("({prompts} prompts encoded in")),
+        "{}",
+        stderr(&first)
+    );
+    let files: Vec<_> = fs::read_dir(cache.path().join("text-embeddings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    let second = classify(&labels);
+    assert!(
+        stderr(&second).contains(&format!("({prompts} prompts from the cache in")),
+        "{}",
+        stderr(&second)
+    );
+    // The same bytes out, and still transformers' probabilities.
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let records = by_name(stdout_records(&second));
+    assert_eq!(
+        check_classify(&records, &reference, &rows(&dir, "ensemble_probs"), 5),
+        9
+    );
+
+    // One label more: only its prompts are encoded.
+    let mut more = labels.clone();
+    more.push("kaleidoscope".into());
+    let third = classify(&more);
+    assert!(
+        stderr(&third).contains(&format!(
+            "({prompts} prompts from the cache, {} encoded, in",
+            lines.len()
+        )),
+        "{}",
+        stderr(&third)
+    );
+
+    // A damaged file is read up to the damage and the rest encoded again. (In other batches
+    // than the first run's, so the last bits of a score may differ: the matmul kernels depend
+    // on the batch's size.)
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    fs::write(&files[0], &bytes).unwrap();
+    let fourth = classify(&labels);
+    assert!(stderr(&fourth).contains("encoded"), "{}", stderr(&fourth));
+    let records = by_name(stdout_records(&fourth));
+    assert_eq!(
+        check_classify(&records, &reference, &rows(&dir, "ensemble_probs"), 5),
+        9
+    );
+}

@@ -41,6 +41,7 @@ fn corpus_metrics_match_pycocoevalcap() {
     let exp = expected();
     let dir = common::repo().join("eval/captions");
     let out = Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .args(["eval", "captions", "--format", "json", "--predictions"])
         .arg(dir.join("predictions.jsonl"))
         .arg("--references")

@@ -15,6 +15,7 @@ const TOLERANCE: f64 = 1e-9;
 
 fn glance(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .current_dir(common::repo())
         .args(args)
         .output()

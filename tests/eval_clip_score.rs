@@ -32,6 +32,7 @@ fn judge(name: &str) -> ClipScorer {
 
 fn glance(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .current_dir(common::repo())
         .args(args)
         .output()
@@ -191,6 +192,7 @@ fn clip_score_without_references_scores_every_prediction_with_an_image() {
 #[test]
 fn eval_captions_needs_references_or_a_judge() {
     let out = Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .current_dir(common::repo())
         .args([
             "eval",
@@ -227,6 +229,7 @@ fn rerank_run(extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Vec<Val
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(images.display().to_string());
     let status = Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .current_dir(common::repo())
         .args(&args)
         .status()
@@ -288,6 +291,7 @@ fn recorded_clip_scores_are_what_eval_computes() {
 #[test]
 fn rerank_with_greedy_decoding_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_glance"))
+        .env("GLANCE_CACHE", "off")
         .current_dir(common::repo())
         .args([
             "caption",

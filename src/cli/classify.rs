@@ -97,10 +97,13 @@ fn announce(
     if quiet {
         return;
     }
-    let prompts = if stage.is_zero_shot() {
-        format!(" x {} templates", templates.len())
-    } else {
-        " (the model's classes)".to_string()
+    let prompts = match stage.prompt_stats() {
+        Some(p) => format!(
+            " x {} templates ({})",
+            templates.len(),
+            describe_prompts(&p)
+        ),
+        None => " (the model's classes)".to_string(),
     };
     eprintln!(
         "glance: {} on {} ({}), {} labels{prompts}",
@@ -109,6 +112,19 @@ fn announce(
         glance::device::describe_precision(dtype),
         stage.labels().len()
     );
+}
+
+/// "1100 prompts encoded in 4.9 s", "1100 prompts from the cache", or both parts.
+pub(crate) fn describe_prompts(p: &glance::tasks::zero_shot::PromptStats) -> String {
+    let encoded = p.prompts - p.cached;
+    match (p.cached, encoded) {
+        (0, n) => format!("{n} prompts encoded in {:.1} s", p.seconds),
+        (c, 0) => format!("{c} prompts from the cache in {:.2} s", p.seconds),
+        (c, n) => format!(
+            "{c} prompts from the cache, {n} encoded, in {:.1} s",
+            p.seconds
+        ),
+    }
 }
 
 fn templates(args: &PromptArgs) -> Result<Vec<String>> {

@@ -28,6 +28,7 @@ use glance::tasks::Stage;
 /// failed, 2 when the run could not start.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    glance::load::embedding_cache::set_cache_dir(glance::load::embedding_cache::dir_from_env());
     let result = match cli.command {
         Command::Caption(args) => caption::run(*args),
         Command::Classify(args) => classify::classify(*args),

@@ -118,7 +118,7 @@ fn env_flag(name: &str) -> bool {
 }
 
 /// `HF_HOME`, defaulting to `~/.cache/huggingface` as `huggingface_hub` does.
-fn hf_home() -> PathBuf {
+pub(crate) fn hf_home() -> PathBuf {
     if let Ok(home) = std::env::var("HF_HOME") {
         return PathBuf::from(home);
     }

@@ -11,7 +11,7 @@ use crate::load::{read_json, weights};
 use crate::models::{Architecture, ClassifierConfig, ImageClassifier, Scoring};
 use crate::output::{number, UNKNOWN};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
-use crate::tasks::zero_shot::{load_image_text, ImageTextModel};
+use crate::tasks::zero_shot::{load_image_text, ImageTextModel, PromptStats};
 use crate::tasks::{Prepared, Stage};
 
 /// Default `--threshold` for per-label scores when none is given: SigLIP's sigmoid probabilities
@@ -134,6 +134,7 @@ enum Scorer {
     ZeroShot {
         model: ImageTextModel,
         text_embeds: Tensor,
+        prompts: PromptStats,
     },
     ClosedSet(ImageClassifierModel),
 }
@@ -209,10 +210,14 @@ impl ClassifyStage {
             }
             _ => {}
         }
-        let text_embeds =
+        let (text_embeds, prompts) =
             crate::kernels::on_compute_pool(|| model.ensemble_text_embeds(&labels, templates))?;
         Ok(Self {
-            scorer: Scorer::ZeroShot { model, text_embeds },
+            scorer: Scorer::ZeroShot {
+                model,
+                text_embeds,
+                prompts,
+            },
             labels,
             mode,
             name: name.into(),
@@ -225,6 +230,14 @@ impl ClassifyStage {
 
     pub fn is_zero_shot(&self) -> bool {
         matches!(self.scorer, Scorer::ZeroShot { .. })
+    }
+
+    /// How the label prompts were embedded (zero-shot stages only).
+    pub fn prompt_stats(&self) -> Option<PromptStats> {
+        match &self.scorer {
+            Scorer::ZeroShot { prompts, .. } => Some(*prompts),
+            Scorer::ClosedSet(_) => None,
+        }
     }
 
     pub fn model_name(&self) -> &str {
@@ -241,7 +254,9 @@ impl ClassifyStage {
         // The image tower's share, for GLANCE_TIMINGS.
         let encoded;
         let scores = match &self.scorer {
-            Scorer::ZeroShot { model, text_embeds } => {
+            Scorer::ZeroShot {
+                model, text_embeds, ..
+            } => {
                 let tensor = model.pixels_to_tensor(pixels)?;
                 let image_embeds = model.embed_images(&tensor)?;
                 if timings {

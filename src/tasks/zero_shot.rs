@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor, D};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::load::hub::ModelFiles;
+use crate::load::embedding_cache::{self, EmbeddingCache, ModelKey};
+use crate::load::hub::{ModelFiles, Weights};
 use crate::load::weights;
 use crate::load::{load_text_tokenizer, read_json, TextTokenizer};
 use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
@@ -22,6 +23,18 @@ pub struct ImageTextModel {
     device: Device,
     dtype: DType,
     name: String,
+    /// Where label prompts' embeddings are kept between runs, and this model's key there; `None`
+    /// with `GLANCE_CACHE=off`.
+    prompt_cache: Option<(std::path::PathBuf, ModelKey)>,
+}
+
+/// How a set of label prompts was embedded: how many came from the on-disk cache, how many the
+/// text tower encoded, in how long.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PromptStats {
+    pub prompts: usize,
+    pub cached: usize,
+    pub seconds: f64,
 }
 
 /// Loads a CLIP or SigLIP checkpoint with its tokenizer and image processor.
@@ -31,9 +44,11 @@ pub fn load_image_text(
     dtype: DType,
 ) -> Result<ImageTextModel> {
     let name = files.source().name();
-    let config = read_json(&files.get("config.json")?)?;
+    let config_path = files.get("config.json")?;
+    let config = read_json(&config_path)?;
     let arch = Architecture::from_config(&config, &name)?;
-    let vb = weights::var_builder(&files.weights()?, dtype, device)?;
+    let weight_files = files.weights()?;
+    let vb = weights::var_builder(&weight_files, dtype, device)?;
     let encoder: Box<dyn ImageTextEncoder> = match &arch {
         Architecture::Clip(cfg) => Box::new(models::clip::ClipModel::new(cfg, vb)?),
         Architecture::Siglip(cfg) => Box::new(models::siglip::SiglipModel::new(cfg, vb)?),
@@ -73,6 +88,22 @@ pub fn load_image_text(
         pad_id,
         &name,
     )?;
+    let prompt_cache = match embedding_cache::cache_dir() {
+        Some(dir) => {
+            let paths = match &weight_files {
+                Weights::Safetensors(p) | Weights::PyTorch(p) => p,
+            };
+            let precision = format!("{dtype:?}");
+            let key = ModelKey::new(
+                paths,
+                &config_path,
+                &precision,
+                &crate::device::describe(device),
+            )?;
+            Some((dir, key))
+        }
+        None => None,
+    };
     Ok(ImageTextModel {
         encoder,
         tokenizer,
@@ -80,6 +111,7 @@ pub fn load_image_text(
         device: device.clone(),
         dtype,
         name,
+        prompt_cache,
     })
 }
 
@@ -202,31 +234,47 @@ impl ImageTextModel {
     /// for typical label lists — and their embeddings are put back in the caller's order.
     /// Models that attend to their padding (SigLIP) keep it.
     pub fn encode_texts(&self, texts: &[String]) -> Result<Tensor> {
+        let prompts = self.prompt_ids(texts)?;
+        self.encode_ids(&prompts)
+    }
+
+    /// The token ids each prompt runs through the text tower with: padded where the model
+    /// attends to its padding, trimmed of it where it does not (see [`Self::encode_texts`]).
+    fn prompt_ids(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         if texts.is_empty() {
             return Err(Error::Options(
                 "no labels to compare the images with".into(),
             ));
         }
-        let mut prompts = self.tokenize_trimmed(texts)?;
-        if let TextPadding::Longest { .. } = self.encoder.text_padding() {
-            for (ids, real) in &mut prompts {
-                ids.truncate((*real).max(1));
-            }
-        }
+        let trim = matches!(self.encoder.text_padding(), TextPadding::Longest { .. });
+        Ok(self
+            .tokenize_trimmed(texts)?
+            .into_iter()
+            .map(|(mut ids, real)| {
+                if trim {
+                    ids.truncate(real.max(1));
+                }
+                ids
+            })
+            .collect())
+    }
+
+    /// Embeddings `[n, dim]` (f32) of prompts given as token ids, in batches of equal length.
+    fn encode_ids(&self, prompts: &[Vec<u32>]) -> Result<Tensor> {
         let mut order: Vec<usize> = (0..prompts.len()).collect();
-        order.sort_by_key(|&i| prompts[i].0.len());
+        order.sort_by_key(|&i| prompts[i].len());
         let mut batches = Vec::new();
         let mut start = 0;
         while start < order.len() {
-            let len = prompts[order[start]].0.len();
+            let len = prompts[order[start]].len();
             let run = order[start..]
                 .iter()
                 .take(TEXT_BATCH)
-                .take_while(|&&i| prompts[i].0.len() == len)
+                .take_while(|&&i| prompts[i].len() == len)
                 .count();
             let flat: Vec<u32> = order[start..start + run]
                 .iter()
-                .flat_map(|&i| prompts[i].0.iter().copied())
+                .flat_map(|&i| prompts[i].iter().copied())
                 .collect();
             let ids = Tensor::from_vec(flat, (run, len), &self.device)?;
             batches.push(self.encoder.embed_texts(&ids)?.to_dtype(DType::F32)?);
@@ -240,6 +288,40 @@ impl ImageTextModel {
         }
         let position = Tensor::from_vec(position, order.len(), sorted.device())?;
         Ok(sorted.index_select(&position, 0)?)
+    }
+
+    /// [`Self::encode_texts`] through the on-disk cache: only prompts it lacks are encoded, and
+    /// added to it. Returns the embeddings and how many came from the cache.
+    fn encode_texts_cached(
+        &self,
+        texts: &[String],
+        cache: &mut EmbeddingCache,
+    ) -> Result<(Tensor, usize)> {
+        let prompts = self.prompt_ids(texts)?;
+        let missing: Vec<usize> = (0..prompts.len())
+            .filter(|&i| cache.get(&prompts[i]).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let todo: Vec<Vec<u32>> = missing.iter().map(|&i| prompts[i].clone()).collect();
+            let encoded = self.encode_ids(&todo)?.to_vec2::<f32>()?;
+            for (ids, values) in todo.into_iter().zip(encoded) {
+                cache.insert(ids, values);
+            }
+        }
+        let rows: Vec<f32> = prompts
+            .iter()
+            .flat_map(|ids| {
+                cache
+                    .get(ids)
+                    .expect("every prompt is cached now")
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let n = prompts.len();
+        let dim = rows.len() / n;
+        let embeds = Tensor::from_vec(rows, (n, dim), &self.device)?;
+        Ok((embeds, n - missing.len()))
     }
 
     /// Stacks CHW pixel buffers into a `[batch, 3, H, W]` tensor on the model's device.
@@ -296,18 +378,50 @@ impl ImageTextModel {
     /// Prompt-ensemble text embeddings `[labels, dim]`, normalized: each template (with `{}`
     /// standing for the label) is embedded and normalized, the templates are averaged and the
     /// mean is normalized again (CLIP's zero-shot ImageNet recipe).
-    pub fn ensemble_text_embeds(&self, labels: &[String], templates: &[String]) -> Result<Tensor> {
+    ///
+    /// The prompts' embeddings are kept on disk (see [`crate::load::embedding_cache`]), so a
+    /// label set already seen with this model costs a file read. A cache that cannot be written
+    /// costs a warning, never the run.
+    pub fn ensemble_text_embeds(
+        &self,
+        labels: &[String],
+        templates: &[String],
+    ) -> Result<(Tensor, PromptStats)> {
         if templates.is_empty() {
             return Err(Error::Options("no prompt templates given".into()));
         }
+        let started = std::time::Instant::now();
+        let mut cache = self
+            .prompt_cache
+            .as_ref()
+            .map(|(dir, key)| EmbeddingCache::open(dir, key));
+        let mut cached = 0;
         let per_template = templates
             .iter()
             .map(|t| {
                 let prompts: Vec<String> = labels.iter().map(|l| t.replace("{}", l)).collect();
-                l2_normalize(&self.encode_texts(&prompts)?)
+                let embeds = match cache.as_mut() {
+                    Some(cache) => {
+                        let (embeds, hits) = self.encode_texts_cached(&prompts, cache)?;
+                        cached += hits;
+                        embeds
+                    }
+                    None => self.encode_texts(&prompts)?,
+                };
+                l2_normalize(&embeds)
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(cache) = cache.as_mut() {
+            if let Err(e) = cache.save() {
+                eprintln!("glance: warning: label embeddings not cached: {e}");
+            }
+        }
         let mean = Tensor::stack(&per_template, 0)?.mean(0)?;
-        l2_normalize(&mean)
+        let stats = PromptStats {
+            prompts: labels.len() * templates.len(),
+            cached,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((l2_normalize(&mean)?, stats))
     }
 }

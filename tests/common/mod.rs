@@ -10,7 +10,11 @@ pub fn repo() -> PathBuf {
 /// The `glance` binary under test, offline (no Hub access, no token from the environment).
 pub fn glance() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_glance"));
-    cmd.env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN");
+    // Label embeddings are not kept between tests: each run encodes its prompts (the cache has
+    // its own tests, which point GLANCE_CACHE at a directory of their own).
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_TOKEN")
+        .env("GLANCE_CACHE", "off");
     cmd
 }
 
