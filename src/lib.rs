@@ -20,11 +20,11 @@ pub mod output;
 pub mod preprocess;
 pub mod run;
 pub mod tasks;
+pub mod timings;
 
 pub use error::{Error, Result};
 
-/// Whether `GLANCE_TIMINGS` is set (benches/bench.sh sets it): then glance prints how long model
-/// load, label embedding and each batch's stages took, on stderr.
+/// Whether `GLANCE_TIMINGS` is set: see [`timings`].
 pub fn timings_enabled() -> bool {
-    std::env::var_os("GLANCE_TIMINGS").is_some()
+    timings::enabled()
 }

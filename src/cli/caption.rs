@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::args::{self, CaptionArgs};
 use super::pipeline::run_preset;
-use super::{exit_code, load_judge, model_files, open_device, output_options, run_stages, timing};
+use super::{exit_code, load_judge, model_files, open_device, output_options, run_stages};
 use glance::generation::GenerationParams;
 use glance::tasks::caption::{CaptionStage, Captioner};
 
@@ -35,9 +35,7 @@ pub(crate) fn run(args: CaptionArgs) -> Result<ExitCode> {
     )?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, args::DEFAULT_CAPTION_MODEL)?;
-    let started = std::time::Instant::now();
     let captioner = Captioner::load(&files, &device, dtype)?;
-    timing("model loaded", started);
     if !args.run.quiet {
         eprintln!(
             "glance: {} on {} ({})",

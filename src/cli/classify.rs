@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::args::{self, ClassifyArgs, LabelArgs, PromptArgs};
 use super::pipeline::run_preset;
-use super::{exit_code, model_files, open_device, output_options, run_stages, sort_into, timing};
+use super::{exit_code, model_files, open_device, output_options, run_stages, sort_into};
 use glance::tasks::classify::{
     default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer,
 };
@@ -35,9 +35,7 @@ pub(crate) fn classify(args: ClassifyArgs) -> Result<ExitCode> {
     )?;
     let (device, dtype) = open_device(&args.device)?;
     let files = model_files(&args.model, args::DEFAULT_ZERO_SHOT_MODEL)?;
-    let started = std::time::Instant::now();
     let model = load_recognizer(&files, &device, dtype)?;
-    timing("model loaded", started);
     let mode = Mode::Classify {
         top_k: args.top_k,
         min_score: args.min_score,
@@ -45,9 +43,7 @@ pub(crate) fn classify(args: ClassifyArgs) -> Result<ExitCode> {
             .multi_label
             .then(|| args.threshold.unwrap_or_else(|| default_threshold(&model))),
     };
-    let started = std::time::Instant::now();
     let mut stage = ClassifyStage::new(model, labels, &templates, mode, "classify")?;
-    timing("labels embedded", started);
     announce(&stage, &templates, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))

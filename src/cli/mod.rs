@@ -48,16 +48,6 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// With `GLANCE_TIMINGS` set (the benchmark sets it), prints how long `what` took since `started`.
-pub(crate) fn timing(what: &str, started: std::time::Instant) {
-    if glance::timings_enabled() {
-        eprintln!(
-            "glance timings: {what} in {:.2}s",
-            started.elapsed().as_secs_f64()
-        );
-    }
-}
-
 pub(crate) fn sort_into(args: &SortArgs) -> Option<SortInto> {
     let mode = if args.move_files {
         SortMode::Move
@@ -239,7 +229,14 @@ pub(crate) fn run_stages(
         shard: shard(run)?,
         shard_by: run.shard_by,
     };
-    let (inputs, missing) = collect_inputs(&spec, std::io::stdin().lock())?;
+    let (inputs, missing) = glance::timings::phase("inputs listed", || {
+        collect_inputs(&spec, std::io::stdin().lock())
+    })?;
+    if glance::timings_enabled() {
+        if let Some(total) = glance::timings::since_exec() {
+            eprintln!("glance timings: {}", glance::timings::summary(total));
+        }
+    }
     let early: Vec<Record> = missing
         .into_iter()
         .map(|e| Record::new(e.display).with_error(e.message))

@@ -12,6 +12,7 @@ use crate::load::{load_tokenizer, read_json, weights};
 use crate::models::{self, Architecture, CaptionParts, PromptStyle, StopTokens};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
 use crate::tasks::clip_score::ClipScorer;
+use crate::timings;
 
 /// One caption of one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,13 +38,19 @@ pub struct Captioner {
 impl Captioner {
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let name = files.source().name();
-        let config = read_json(&files.get("config.json")?)?;
-        let arch = Architecture::from_config(&config, &name)?;
-        let vb = weights::var_builder(&files.weights()?, dtype, device)?;
-        let generation = match files.get_optional("generation_config.json")? {
-            Some(path) => Some((read_json(&path)?, path)),
-            None => None,
-        };
+        let (config, arch, generation) = timings::phase("configs", || -> Result<_> {
+            let config = read_json(&files.get("config.json")?)?;
+            let arch = Architecture::from_config(&config, &name)?;
+            let generation = match files.get_optional("generation_config.json")? {
+                Some(path) => Some((read_json(&path)?, path)),
+                None => None,
+            };
+            Ok((config, arch, generation))
+        })?;
+        let vb = timings::phase("weights opened", || {
+            weights::var_builder(&files.weights()?, dtype, device)
+        })?;
+        let started = std::time::Instant::now();
         let parts = match &arch {
             Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
             Architecture::VisionEncoderDecoder(cfg) => {
@@ -70,11 +77,14 @@ impl Captioner {
                 })
             }
         };
-        let preprocessor = match files.get_optional("preprocessor_config.json")? {
-            Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?)?,
-            None => Preprocessor::new(PreprocessorConfig::square(parts.image_size))?,
-        };
-        let tokenizer = load_tokenizer(files)?;
+        timings::add("model built", started.elapsed().as_secs_f64());
+        let preprocessor = timings::phase("configs", || {
+            match files.get_optional("preprocessor_config.json")? {
+                Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?),
+                None => Preprocessor::new(PreprocessorConfig::square(parts.image_size)),
+            }
+        })?;
+        let tokenizer = timings::phase("tokenizer", || load_tokenizer(files))?;
         // transformers takes these from generation_config.json, else from config.json.
         let (rules_from, file) = match &generation {
             Some((json, _)) => (json, "generation_config.json"),

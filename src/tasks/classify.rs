@@ -13,6 +13,7 @@ use crate::output::{number, UNKNOWN};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
 use crate::tasks::zero_shot::{load_image_text, ImageTextModel, PromptStats};
 use crate::tasks::{Prepared, Stage};
+use crate::timings;
 
 /// Default `--threshold` for per-label scores when none is given: SigLIP's sigmoid probabilities
 /// of true matches are often well below one half, and CLIP ViT-B cosines of matching pairs are
@@ -93,12 +94,16 @@ pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Res
         Architecture::ImageClassifier(cfg) => *cfg,
         _ => return Ok(Recognizer::ZeroShot(load_image_text(files, device, dtype)?)),
     };
-    let vb = weights::var_builder(&files.weights()?, dtype, device)?;
-    let model = cfg.build(vb)?;
-    let preprocessor = match files.get_optional("preprocessor_config.json")? {
-        Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?)?,
-        None => Preprocessor::new(PreprocessorConfig::square(cfg.image_size()))?,
-    };
+    let vb = timings::phase("weights opened", || {
+        weights::var_builder(&files.weights()?, dtype, device)
+    })?;
+    let model = timings::phase("model built", || cfg.build(vb))?;
+    let preprocessor = timings::phase("configs", || {
+        match files.get_optional("preprocessor_config.json")? {
+            Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?),
+            None => Preprocessor::new(PreprocessorConfig::square(cfg.image_size())),
+        }
+    })?;
     Ok(Recognizer::ClosedSet(ImageClassifierModel {
         model,
         labels: cfg.labels,

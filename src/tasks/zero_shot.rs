@@ -11,6 +11,7 @@ use crate::load::weights;
 use crate::load::{load_text_tokenizer, read_json, TextTokenizer};
 use crate::models::{self, Architecture, ImageTextEncoder, Scoring, TextPadding};
 use crate::preprocess::{Preprocessor, PreprocessorConfig};
+use crate::timings;
 
 /// Prompts per text-encoder pass: large enough to keep the matmuls efficient, small enough that
 /// thousands of labels do not hold thousands of activations at once.
@@ -44,11 +45,17 @@ pub fn load_image_text(
     dtype: DType,
 ) -> Result<ImageTextModel> {
     let name = files.source().name();
-    let config_path = files.get("config.json")?;
-    let config = read_json(&config_path)?;
-    let arch = Architecture::from_config(&config, &name)?;
+    let (config_path, config, arch) = timings::phase("configs", || -> Result<_> {
+        let path = files.get("config.json")?;
+        let config = read_json(&path)?;
+        let arch = Architecture::from_config(&config, &name)?;
+        Ok((path, config, arch))
+    })?;
     let weight_files = files.weights()?;
-    let vb = weights::var_builder(&weight_files, dtype, device)?;
+    let vb = timings::phase("weights opened", || {
+        weights::var_builder(&weight_files, dtype, device)
+    })?;
+    let started = std::time::Instant::now();
     let encoder: Box<dyn ImageTextEncoder> = match &arch {
         Architecture::Clip(cfg) => Box::new(models::clip::ClipModel::new(cfg, vb)?),
         Architecture::Siglip(cfg) => Box::new(models::siglip::SiglipModel::new(cfg, vb)?),
@@ -67,9 +74,13 @@ pub fn load_image_text(
             })
         }
     };
-    let preprocessor = Preprocessor::new(PreprocessorConfig::from_file(
-        &files.get("preprocessor_config.json")?,
-    )?)?;
+    timings::add("model built", started.elapsed().as_secs_f64());
+    let preprocessor = timings::phase("configs", || {
+        Preprocessor::new(PreprocessorConfig::from_file(
+            &files.get("preprocessor_config.json")?,
+        )?)
+    })?;
+    let started = std::time::Instant::now();
     let mut tokenizer = load_text_tokenizer(files)?;
     // Under CLIP's causal mask no position before the pooled one sees the padding after it, so
     // any pad id gives the same embeddings: a tokenizer that names none pads with the config's
@@ -88,6 +99,7 @@ pub fn load_image_text(
         pad_id,
         &name,
     )?;
+    timings::add("tokenizer", started.elapsed().as_secs_f64());
     let prompt_cache = match embedding_cache::cache_dir() {
         Some(dir) => {
             let paths = match &weight_files {
@@ -417,6 +429,7 @@ impl ImageTextModel {
             }
         }
         let mean = Tensor::stack(&per_template, 0)?.mean(0)?;
+        timings::add("label prompts", started.elapsed().as_secs_f64());
         let stats = PromptStats {
             prompts: labels.len() * templates.len(),
             cached,
