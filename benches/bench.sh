@@ -33,8 +33,21 @@
 #          LABELS --template TEMPLATE --top-k TOP_K ... -o OUT.jsonl --quiet IMAGES` as a whole
 #          process under `/usr/bin/time -v` (benches/timev.py where GNU time is missing; its
 #          time INCLUDES process start and model load);
-#   3. prints a table: images/s each side, ratio glance/transformers, peak RSS each side.
-#      For the classify cases it also says on how many images the top-1 labels agree.
+#   3. prints a table, one row per case and setting (SETTINGS, below): images/s each side, ratio
+#      glance/transformers, peak RSS each side, glance's start-up time. For the classify cases
+#      the log also says on how many images the top-1 labels agree.
+#   Before each timed run it checks that the machine is otherwise idle (CPU time used by other
+#   work over one second, from /proc/stat) and warns when it is not (BENCH_STRICT=1: refuses).
+#
+# Settings (SETTINGS [defaults-cold defaults-warm like]):
+#   defaults-cold  each side as a user runs it: glance without --dtype and --template (auto
+#                  precision; the eleven-template ensemble), transformers in float32 with the
+#                  zero-shot pipeline's "This is a photo of {}.", after the model's files are
+#                  dropped from the page cache, glance with an empty label cache (a first run)
+#   defaults-warm  the same with the files in the page cache and glance's label embeddings
+#                  on disk (every later run)
+#   like           like with like: glance --dtype DTYPE, transformers TF_DTYPE, one template
+#                  TEMPLATE on both sides, no label cache
 #
 # Environment (defaults in brackets):
 #   PYTHON [venv/bin/python]  GLANCE [target/release/glance]  IMAGES [../shared/images]
@@ -44,8 +57,9 @@
 #   BATCH [8]: caption batch   NEW_TOKENS [20]
 #   BATCH_ZS [32]: classify batch   LABELS_FILE [benches/labels-1000.txt]   TEMPLATE [a photo of a {}.]
 #   TOP_K [5]   THREADS: torch.set_num_threads for transformers [torch's default]
-#   DTYPE [f32]: glance --dtype (bf16: on a CPU with AVX512-BF16, bf16 matmuls with f32 activations)
-#   TF_DTYPE [float32]: transformers' torch dtype (bfloat16 to compare like with like)
+#   DTYPE [f32]: glance --dtype of the like-for-like rows (bf16: on a CPU with AVX512-BF16, bf16
+#   matmuls with f32 activations)   TF_DTYPE [float32]: transformers' dtype there (bfloat16 to
+#   compare bf16 with bf16)   BENCH_STRICT [0]: 1 refuses to time on a busy machine
 #   DEVICE [cpu]: both sides' device (cuda, cuda:N: glance built with --features cuda, torch with
 #   CUDA; transformers' times then end with torch.cuda.synchronize, and its JSON lines add the peak
 #   GPU memory)   IMAGES_TIMES [1]: run on a folder holding each image of IMAGES this many times
@@ -184,86 +198,166 @@ gflops() { awk -v g="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", g / s; els
 to_seconds() { awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.3f\n", s }' <<<"$1"; }
 better() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b == "" || a + 0 > b + 0) }'; }
 
+# Drops a directory's files from the page cache (posix_fadvise DONTNEED: no root needed), so
+# that a "cold" run reads its model from disk as after a reboot.
+evict() {
+    "$PYTHON" -c 'import os, sys
+for root, _, files in os.walk(sys.argv[1], followlinks=True):
+    for f in files:
+        try:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+        except OSError:
+            continue
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)' "$1"
+}
+# How many CPUs' worth of work the machine did over one second while this script waited: a
+# ratio is only fair when both sides see the same, otherwise idle, machine. (The load average
+# cannot tell: on some VMs an idle kernel thread keeps it near 1.)
+busy_cpus() {
+    local a b
+    a=$(head -1 /proc/stat); sleep 1; b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); busy = 0; all = 0
+        for (i = 2; i <= n; i++) { d = y[i] - x[i]; all += d; if (i != 5 && i != 6) busy += d }
+        printf "%.2f\n", all > 0 ? busy / all * '"$(nproc)"' : 0 }'
+}
+BUSY_MAX=0
+quiet_check() {
+    local busy
+    busy=$(busy_cpus)
+    if awk -v b="$busy" 'BEGIN { exit !(b > 0.25) }'; then
+        echo "WARNING: other work is running ($busy CPUs busy over the last second, load average $(load)): ratios measured now are not fair" >&2
+        [ "${BENCH_STRICT:-0}" = 0 ] || die "BENCH_STRICT=1: refusing to time on a busy machine"
+    fi
+    BUSY_MAX=$(awk -v a="$busy" -v b="$BUSY_MAX" 'BEGIN { print (a > b ? a : b) }')
+}
+
+# Settings each case runs under (SETTINGS, in this order):
+#   defaults-cold  each side as a user types it, after the model's files are dropped from the
+#                  page cache and with an empty glance label cache (a first run on a machine)
+#   defaults-warm  the same, files in the page cache and glance's label embeddings on disk
+#                  (every later run)
+#   like           like with like: glance --dtype DTYPE, transformers TF_DTYPE, one template
+#                  TEMPLATE for both (no label cache), files in the page cache
+# "Defaults" means: glance without --dtype (auto) and, for classify, without --template (its
+# eleven-template ensemble); transformers in float32 with the zero-shot pipeline's template
+# "This is a photo of {}.". Batch sizes and pinned token counts are the case's on both sides.
+SETTINGS=${SETTINGS:-defaults-cold defaults-warm like}
+TF_DEFAULT_TEMPLATE='This is a photo of {}.'
+
 ROWS=() FAILED=0 HAS_CAPTION=0 HAS_CLASSIFY=0 tf_n=
 for c in "${RUN_CASES[@]}"; do
     read -r name kind model arg <<<"$c"
-    tf_best= tf_rss= tf_load= tf_n= tf_vis=
-    gl_best= gl_rss= gl_n= agree= gl_vis=
     vis_gflop=$("$PYTHON" benches/vision_flops.py "$MODELS/$model")
-    if [ "$kind" = caption ]; then
-        HAS_CAPTION=1
-        tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH" --device "$DEVICE"
-                --num-beams "$arg" --new-tokens "$NEW_TOKENS" --out "$OUT/$name.transformers.jsonl")
-        beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
-        gl_cmd=(caption --model "$MODELS/$model" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH"
-                --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
-    else
-        HAS_CLASSIFY=1
-        labels="$OUT/labels-$arg.txt"
-        [ -f "$labels" ] || head -n "$arg" "$LABELS_FILE" >"$labels"
-        got=$(grep -c . "$labels" || true)
-        [ "$got" -ge "$arg" ] || die "$name needs $arg labels, $LABELS_FILE has $got non-empty lines"
-        tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS" --device "$DEVICE"
-                --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K" --output "$OUT/$name.transformers.jsonl")
-        gl_cmd=(classify --model "$MODELS/$model" --device "$DEVICE" --dtype "$DTYPE" --labels-file "$labels" --template "$TEMPLATE" --top-k "$TOP_K"
-                -b "$BATCH_ZS")
-    fi
-    for r in $(seq 1 "$REPEAT"); do
-        # transformers
-        tf_json="$OUT/$name.transformers.$r.json"
-        echo "[$name run $r/$REPEAT] transformers ... (load average before: $(load))" >&2
-        if ! "$PYTHON" "${tf_cmd[@]}" --dtype "$TF_DTYPE" ${THREADS:+--threads "$THREADS"} \
-            >"$tf_json" 2>"$OUT/$name.transformers.$r.log"; then
-            tail -n 30 "$OUT/$name.transformers.$r.log" >&2
-            die "transformers failed for $name (log: $OUT/$name.transformers.$r.log)"
+    for setting in $SETTINGS; do
+        tf_best= tf_rss= tf_load= tf_n= tf_vis=
+        gl_best= gl_rss= gl_n= agree= gl_vis= gl_startup=
+        case $setting in
+            defaults-cold|defaults-warm) gl_dtype=() tf_dtype=float32 ;;
+            like) gl_dtype=(--dtype "$DTYPE") tf_dtype=$TF_DTYPE ;;
+            *) die "unknown setting $setting (SETTINGS: defaults-cold, defaults-warm, like)" ;;
+        esac
+        cache_dir="$OUT/glance-cache-$name"
+        if [ "$kind" = caption ]; then
+            HAS_CAPTION=1
+            tf_cmd=(benches/transformers_caption.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH" --device "$DEVICE"
+                    --num-beams "$arg" --new-tokens "$NEW_TOKENS" --out "$OUT/$name.$setting.transformers.jsonl")
+            beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
+            gl_cmd=(caption --model "$MODELS/$model" --device "$DEVICE" "${gl_dtype[@]}" --batch-size "$BATCH"
+                    --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
+        else
+            HAS_CLASSIFY=1
+            labels="$OUT/labels-$arg.txt"
+            [ -f "$labels" ] || head -n "$arg" "$LABELS_FILE" >"$labels"
+            got=$(grep -c . "$labels" || true)
+            [ "$got" -ge "$arg" ] || die "$name needs $arg labels, $LABELS_FILE has $got non-empty lines"
+            if [ "$setting" = like ]; then
+                tf_template=$TEMPLATE gl_template=(--template "$TEMPLATE")
+            else
+                tf_template=$TF_DEFAULT_TEMPLATE gl_template=()
+            fi
+            tf_cmd=(benches/transformers_classify.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_ZS" --device "$DEVICE"
+                    --labels-file "$labels" --template "$tf_template" --top-k "$TOP_K" --output "$OUT/$name.$setting.transformers.jsonl")
+            gl_cmd=(classify --model "$MODELS/$model" --device "$DEVICE" "${gl_dtype[@]}" --labels-file "$labels" "${gl_template[@]}"
+                    --top-k "$TOP_K" -b "$BATCH_ZS")
         fi
-        read -r n ips rss load_s run_s threads proc text_s text_tokens vis_s < <(tf_fields "$tf_json")
-        text_info=; [ "$kind" = caption ] || text_info=" (${text_s}s of it encoding $arg prompts of $text_tokens tokens)"
-        echo "    $n images in ${run_s}s$text_info = $ips images/s (load ${load_s}s, peak RSS ${rss} MB, $threads torch threads, $proc)" >&2
-        if better "$ips" "$tf_best"; then tf_best=$ips tf_rss=$rss tf_load=$load_s tf_n=$n tf_vis=$vis_s; fi
+        for r in $(seq 1 "$REPEAT"); do
+            tag="$name.$setting.$r"
+            # transformers
+            tf_json="$OUT/$tag.transformers.json"
+            [ "$setting" != defaults-cold ] || evict "$MODELS/$model"
+            quiet_check
+            echo "[$name $setting run $r/$REPEAT] transformers ($tf_dtype) ... (load average before: $(load))" >&2
+            if ! "$PYTHON" "${tf_cmd[@]}" --dtype "$tf_dtype" ${THREADS:+--threads "$THREADS"} \
+                >"$tf_json" 2>"$OUT/$tag.transformers.log"; then
+                tail -n 30 "$OUT/$tag.transformers.log" >&2
+                die "transformers failed for $name (log: $OUT/$tag.transformers.log)"
+            fi
+            read -r n ips rss load_s run_s threads proc text_s text_tokens vis_s < <(tf_fields "$tf_json")
+            text_info=; [ "$kind" = caption ] || text_info=" (${text_s}s of it encoding $arg prompts of $text_tokens tokens)"
+            echo "    $n images in ${run_s}s$text_info = $ips images/s (load ${load_s}s, peak RSS ${rss} MB, $threads torch threads, $proc)" >&2
+            if better "$ips" "$tf_best"; then tf_best=$ips tf_rss=$rss tf_load=$load_s tf_n=$n tf_vis=$vis_s; fi
 
-        # glance, the whole process
-        gl_out="$OUT/$name.glance.jsonl" time_txt="$OUT/$name.glance.$r.time"
-        rm -f "$gl_out"
-        echo "[$name run $r/$REPEAT] glance ... (load average before: $(load))" >&2
-        if ! GLANCE_TIMINGS=1 "${TIME_V[@]}" "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
-            -o "$gl_out" --quiet "$IMAGES" >"$OUT/$name.glance.$r.log" 2>&1; then
-            echo "    glance FAILED ($(sed -n 's/^[[:space:]]*Exit status: /exit status /p' "$time_txt")); its output:" >&2
-            sed 's/^/    | /' "$OUT/$name.glance.$r.log" >&2
-            FAILED=1
+            # glance, the whole process
+            case $setting in
+                defaults-cold) rm -rf "$cache_dir.cold"; gl_cache=$cache_dir.cold; evict "$MODELS/$model" ;;
+                defaults-warm)
+                    gl_cache=$cache_dir.warm
+                    if [ "$kind" = classify ] && [ ! -d "$gl_cache" ]; then
+                        echo "    (filling glance's label cache: one untimed run)" >&2
+                        GLANCE_CACHE=$gl_cache "$GLANCE" "${gl_cmd[@]}" -o "$OUT/$tag.prime.jsonl" --quiet "$IMAGES" >/dev/null 2>&1 || true
+                    fi ;;
+                like) gl_cache=off ;;
+            esac
+            gl_out="$OUT/$name.$setting.glance.jsonl" time_txt="$OUT/$tag.glance.time"
+            rm -f "$gl_out"
+            quiet_check
+            echo "[$name $setting run $r/$REPEAT] glance ${gl_dtype[*]:-(auto)} ... (load average before: $(load))" >&2
+            if ! GLANCE_CACHE=$gl_cache GLANCE_TIMINGS=1 "${TIME_V[@]}" "$time_txt" "$GLANCE" "${gl_cmd[@]}" \
+                -o "$gl_out" --quiet "$IMAGES" >"$OUT/$tag.glance.log" 2>&1; then
+                echo "    glance FAILED ($(sed -n 's/^[[:space:]]*Exit status: /exit status /p' "$time_txt")); its output:" >&2
+                sed 's/^/    | /' "$OUT/$tag.glance.log" >&2
+                FAILED=1
+                continue
+            fi
+            elapsed=$(to_seconds "$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$time_txt")")
+            kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$time_txt")
+            n=$(count_images "$gl_out")
+            ips=$(awk -v n="$n" -v s="$elapsed" 'BEGIN { printf "%.4f", n / s }')
+            rss=$(awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }')
+            startup=$(sed -n 's/^glance timings: start-up \([0-9.]*\) s.*/\1/p' "$OUT/$tag.glance.log")
+            [ "$kind" = caption ] || agree=$(top1_agreement "$gl_out" "$OUT/$name.$setting.transformers.jsonl")
+            echo "    $n images in ${elapsed}s = $ips images/s (whole process, start-up ${startup:-?}s, peak RSS ${rss} MB${agree:+; top-1 label as transformers on $agree images})" >&2
+            sed -n 's/^glance timings: \(start-up .*\)/    \1/p' "$OUT/$tag.glance.log" >&2
+            vis_s=$(glance_vision_s "$OUT/$tag.glance.log")
+            if better "$ips" "$gl_best"; then gl_best=$ips gl_rss=$rss gl_n=$n gl_vis=$vis_s gl_startup=$startup; fi
+        done
+        label="$setting"; [ "$setting" != like ] || label="like ${DTYPE}/${TF_DTYPE}"
+        if [ -z "$gl_best" ]; then
+            ROWS+=("$(printf '%-16s %-22s %9.3f %9s %7s %9s %9.0f %7.1f %8s %9s %9s' "$name" "$label" "$tf_best" FAILED - - "$tf_rss" "$tf_load" - "$(gflops "$vis_gflop" "$tf_vis")" -)")
             continue
         fi
-        elapsed=$(to_seconds "$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$time_txt")")
-        kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$time_txt")
-        n=$(count_images "$gl_out")
-        ips=$(awk -v n="$n" -v s="$elapsed" 'BEGIN { printf "%.4f", n / s }')
-        rss=$(awk -v k="$kb" 'BEGIN { printf "%.1f", k / 1024 }')
-        [ "$kind" = caption ] || agree=$(top1_agreement "$gl_out" "$OUT/$name.transformers.jsonl")
-        echo "    $n images in ${elapsed}s = $ips images/s (whole process, peak RSS ${rss} MB${agree:+; top-1 label as transformers on $agree images})" >&2
-        vis_s=$(glance_vision_s "$OUT/$name.glance.$r.log")
-        if better "$ips" "$gl_best"; then gl_best=$ips gl_rss=$rss gl_n=$n gl_vis=$vis_s; fi
+        [ "$gl_n" = "$tf_n" ] || echo "WARNING: $name: glance did $gl_n images, transformers $tf_n" >&2
+        ratio=$(awk -v g="$gl_best" -v t="$tf_best" 'BEGIN { printf "%.2f", g / t }')
+        ROWS+=("$(printf '%-16s %-22s %9.3f %9.3f %7s %9.0f %9.0f %7.1f %8s %9s %9s' "$name" "$label" "$tf_best" "$gl_best" "${ratio}x" "$gl_rss" "$tf_rss" "$tf_load" "${gl_startup:--}" "$(gflops "$vis_gflop" "$tf_vis")" "$(gflops "$vis_gflop" "$gl_vis")")")
     done
-    if [ -z "$gl_best" ]; then
-        ROWS+=("$(printf '%-18s %9.3f %9s %9s %9s %9.0f %8.1f %9s %9s' "$name" "$tf_best" FAILED - - "$tf_rss" "$tf_load" "$(gflops "$vis_gflop" "$tf_vis")" -)")
-        continue
-    fi
-    [ "$gl_n" = "$tf_n" ] || echo "WARNING: $name: glance did $gl_n images, transformers $tf_n" >&2
-    ratio=$(awk -v g="$gl_best" -v t="$tf_best" 'BEGIN { printf "%.2f", g / t }')
-    ROWS+=("$(printf '%-18s %9.3f %9.3f %9s %9.0f %9.0f %8.1f %9s %9s' "$name" "$tf_best" "$gl_best" "${ratio}x" "$gl_rss" "$tf_rss" "$tf_load" "$(gflops "$vis_gflop" "$tf_vis")" "$(gflops "$vis_gflop" "$gl_vis")")")
 done
 
 settings=()
 [ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens")
-[ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, template \"$TEMPLATE\", top $TOP_K")
+[ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, top $TOP_K; like-for-like template \"$TEMPLATE\"")
 echo
-summary="glance ($DTYPE) vs transformers ($TF_DTYPE), $tf_n images from $IMAGES, best of $REPEAT, $DEVICE, $(nproc) CPUs"
+summary="glance vs transformers, $tf_n images from $IMAGES, best of $REPEAT, $DEVICE, $(nproc) CPUs"
 for x in "${settings[@]}"; do summary+="; $x"; done
 echo "$summary"
-printf '%-18s %9s %9s %9s %9s %9s %8s %9s %9s\n' case "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load" "tf vis GF" "gl vis GF"
+printf '%-16s %-22s %9s %9s %7s %9s %9s %7s %8s %9s %9s\n' case setting "tf img/s" "gl img/s" "gl/tf" "gl RSS MB" "tf RSS MB" "tf load" "gl start" "tf vis GF" "gl vis GF"
 for row in "${ROWS[@]}"; do echo "$row"; done
 echo "glance's time is the whole process (start, model load, the work, writing); transformers' excludes"
-echo "Python imports and model load (tf load, seconds, reported separately). vis GF: the vision tower's"
-echo "GFLOP/s (GFLOP per image from benches/vision_flops.py over its seconds per image)."
-[ "$HAS_CLASSIFY" = 0 ] || echo "For classify both include encoding the label prompts (once per run)."
+echo "Python imports and model load (tf load, seconds, reported separately). gl start: glance's seconds"
+echo "before its first image (GLANCE_TIMINGS' start-up line). vis GF: the vision tower's GFLOP/s."
+echo "defaults: glance without --dtype/--template (auto precision, 11-template ensemble), transformers"
+echo "float32 with \"$TF_DEFAULT_TEMPLATE\"; cold: model files dropped from the page cache and glance's label"
+echo "cache empty; warm: both kept. At most $BUSY_MAX CPUs were busy with other work before a timed run."
 echo "Logs: $OUT"
 exit $FAILED

@@ -832,6 +832,7 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
+    let f32_file = files[0].clone();
 
     let second = classify(&labels);
     assert!(
@@ -850,6 +851,29 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
         9
     );
 
+    // `--dtype bf16` on the CPU loads f32 weights too, but its embeddings are not the f32 ones:
+    // they must not come from (or go to) the f32 entries.
+    let bf16 = glance()
+        .env("GLANCE_CACHE", cache.path())
+        .args(["classify", "--dtype", "bf16", "-m"])
+        .arg(&dir)
+        .arg("--labels")
+        .arg(labels.join(","))
+        .arg("--templates")
+        .arg(&templates)
+        .arg(photos.path())
+        .output()
+        .unwrap();
+    if bf16.status.success() {
+        assert!(
+            stderr(&bf16).contains(&format!("({prompts} prompts encoded in")),
+            "{}",
+            stderr(&bf16)
+        );
+    } else {
+        assert!(stderr(&bf16).contains("AVX512-BF16"), "{}", stderr(&bf16));
+    }
+
     // One label more: only its prompts are encoded.
     let mut more = labels.clone();
     more.push("kaleidoscope".into());
@@ -866,10 +890,10 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
     // A damaged file is read up to the damage and the rest encoded again. (In other batches
     // than the first run's, so the last bits of a score may differ: the matmul kernels depend
     // on the batch's size.)
-    let mut bytes = fs::read(&files[0]).unwrap();
+    let mut bytes = fs::read(&f32_file).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x40;
-    fs::write(&files[0], &bytes).unwrap();
+    fs::write(&f32_file, &bytes).unwrap();
     let fourth = classify(&labels);
     assert!(stderr(&fourth).contains("encoded"), "{}", stderr(&fourth));
     let records = by_name(stdout_records(&fourth));

@@ -38,10 +38,9 @@ pub(crate) fn run(args: CaptionArgs) -> Result<ExitCode> {
     let captioner = Captioner::load(&files, &device, dtype)?;
     if !args.run.quiet {
         eprintln!(
-            "glance: {} on {} ({})",
+            "glance: {} on {}",
             captioner.name(),
-            glance::device::describe(&device),
-            glance::device::describe_precision(dtype)
+            super::describe_device(&device, dtype)
         );
     }
     let mut stage = CaptionStage::new(

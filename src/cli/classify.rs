@@ -102,10 +102,9 @@ fn announce(
         None => " (the model's classes)".to_string(),
     };
     eprintln!(
-        "glance: {} on {} ({}), {} labels{prompts}",
+        "glance: {} on {}, {} labels{prompts}",
         stage.model_name(),
-        glance::device::describe(device),
-        glance::device::describe_precision(dtype),
+        super::describe_device(device, dtype),
         stage.labels().len()
     );
 }

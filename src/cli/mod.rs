@@ -48,6 +48,16 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// "cpu (F32)", "cpu (bf16 matmuls, f32 activations)", with the note on a faster precision where
+/// there is one.
+pub(crate) fn describe_device(device: &candle_core::Device, dtype: candle_core::DType) -> String {
+    let precision = glance::device::describe_precision(dtype);
+    match glance::device::precision_hint(device, dtype) {
+        Some(hint) => format!("{} ({precision}, {hint})", glance::device::describe(device)),
+        None => format!("{} ({precision})", glance::device::describe(device)),
+    }
+}
+
 pub(crate) fn sort_into(args: &SortArgs) -> Option<SortInto> {
     let mode = if args.move_files {
         SortMode::Move

@@ -56,11 +56,10 @@ fn execute(
         .with_context(|| format!("loading {}", pipeline.source))?;
     if !run.quiet {
         eprintln!(
-            "glance: {} ({}) on {} ({})",
+            "glance: {} ({}) on {}",
             pipeline.source,
             pipeline.stage_names().join(" + "),
-            glance::device::describe(&device),
-            glance::device::describe_precision(dtype)
+            super::describe_device(&device, dtype)
         );
     }
     let mut refs: Vec<&mut dyn Stage> = stages

@@ -105,7 +105,8 @@ pub fn load_image_text(
             let paths = match &weight_files {
                 Weights::Safetensors(p) | Weights::PyTorch(p) => p,
             };
-            let precision = format!("{dtype:?}");
+            // Not the dtype alone: `--dtype bf16` on the CPU loads f32 and multiplies in bf16.
+            let precision = crate::device::describe_precision(dtype);
             let key = ModelKey::new(
                 paths,
                 &config_path,
