@@ -220,7 +220,7 @@ busy_cpus() {
     awk -v a="$a" -v b="$b" 'BEGIN {
         n = split(a, x, " "); split(b, y, " "); busy = 0; all = 0
         for (i = 2; i <= n; i++) { d = y[i] - x[i]; all += d; if (i != 5 && i != 6) busy += d }
-        printf "%.2f\n", all > 0 ? busy / all * '"$(nproc)"' : 0 }'
+        printf "%.2f\n", (all > 0 ? busy / all * '"$(nproc)"' : 0) }'
 }
 BUSY_MAX=0
 quiet_check() {

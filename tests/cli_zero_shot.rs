@@ -902,3 +902,31 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
         9
     );
 }
+
+#[test]
+fn default_templates_are_the_ensemble_for_clip_and_the_model_card_one_for_siglip() {
+    let reference = common::reference(&fixture("clip-tiny"));
+    let photos = photo_dir(&reference);
+    let labels = labels(&reference).join(",");
+    let classify = |model: &str, extra: &[&str]| {
+        run(glance()
+            .args(["classify", "-m"])
+            .arg(fixture(model))
+            .args(["--labels", &labels])
+            .args(extra)
+            .arg(photos.path()))
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let clip = classify("clip-tiny", &[]);
+    assert!(stderr(&clip).contains(" x 11 templates ("), "{}", stderr(&clip));
+    let siglip = classify("siglip-tiny", &[]);
+    assert!(stderr(&siglip).contains(" x 1 template ("), "{}", stderr(&siglip));
+    let named = classify("siglip-tiny", &["--template", "This is a photo of {}."]);
+    assert_eq!(
+        String::from_utf8_lossy(&siglip.stdout),
+        String::from_utf8_lossy(&named.stdout)
+    );
+    // The ensemble stays one flag away.
+    let ensemble = classify("siglip-tiny", &["--templates", "default"]);
+    assert!(stderr(&ensemble).contains(" x 11 templates ("), "{}", stderr(&ensemble));
+}

@@ -44,7 +44,7 @@ pub(crate) fn classify(args: ClassifyArgs) -> Result<ExitCode> {
             .then(|| args.threshold.unwrap_or_else(|| default_threshold(&model))),
     };
     let mut stage = ClassifyStage::new(model, labels, &templates, mode, "classify")?;
-    announce(&stage, &templates, &device, dtype, args.run.quiet);
+    announce(&stage, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, sort_into(&args.sort), &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
@@ -78,14 +78,13 @@ pub(crate) fn label(args: LabelArgs) -> Result<ExitCode> {
         max_tags: args.max_tags,
     };
     let mut stage = ClassifyStage::new(model, tags, &templates, mode, "label")?;
-    announce(&stage, &templates, &device, dtype, args.run.quiet);
+    announce(&stage, &device, dtype, args.run.quiet);
     let report = run_stages(&args.run, &output, None, &mut [&mut stage])?;
     Ok(exit_code(&report, args.run.quiet))
 }
 
 fn announce(
     stage: &ClassifyStage,
-    templates: &[String],
     device: &candle_core::Device,
     dtype: candle_core::DType,
     quiet: bool,
@@ -95,8 +94,9 @@ fn announce(
     }
     let prompts = match stage.prompt_stats() {
         Some(p) => format!(
-            " x {} templates ({})",
-            templates.len(),
+            " x {} template{} ({})",
+            p.templates,
+            if p.templates == 1 { "" } else { "s" },
             describe_prompts(&p)
         ),
         None => " (the model's classes)".to_string(),

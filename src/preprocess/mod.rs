@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 
 pub mod decode;
 pub mod jpeg;
+pub mod patches;
 mod resample;
 pub use resample::Filter;
 
@@ -181,6 +182,15 @@ impl Preprocessor {
         let resized = self.resize(image);
         let cropped = self.center_crop(resized);
         self.normalize(&cropped)
+    }
+
+    /// The image resized to exactly `height × width` with this processor's filter (kept as it
+    /// is when it has that size), then rescaled and normalized: CHW floats.
+    pub fn resize_and_normalize(&self, image: &RgbImage, height: u32, width: u32) -> Vec<f32> {
+        if image.dimensions() == (width, height) {
+            return self.normalize(image);
+        }
+        self.normalize(&resample::resize(image, width, height, self.filter))
     }
 
     /// Matches `BaseImageProcessor.resize` with `get_resize_output_image_size`.

@@ -217,7 +217,7 @@ impl LabelSpec {
     }
 
     /// The templates: `template`, else `templates` (next to the pipeline file when there), else
-    /// the shipped default ensemble.
+    /// none: the model's default.
     pub fn templates(&self, base: &Path) -> Result<Vec<String>> {
         let set = self
             .templates

@@ -164,8 +164,9 @@ fn check_mode(mode: &Mode) -> Result<()> {
 
 impl ClassifyStage {
     /// A stage over `model`: zero-shot models need `labels` (each embedded once in every
-    /// template, see [`ImageTextModel::ensemble_text_embeds`]); closed-set classifiers use their
-    /// own classes and take none. `name` is the stage's name in a pipeline.
+    /// template, see [`ImageTextModel::ensemble_text_embeds`]; no templates means the model's
+    /// default, see [`crate::tasks::prompts::model_default_templates`]); closed-set classifiers
+    /// use their own classes and take none. `name` is the stage's name in a pipeline.
     pub fn new(
         model: Recognizer,
         labels: Option<Vec<String>>,
@@ -205,6 +206,15 @@ impl ClassifyStage {
         name: impl Into<String>,
     ) -> Result<Self> {
         crate::tasks::prompts::check_labels(&labels, "the labels")?;
+        let defaults;
+        let templates = match templates {
+            [] => {
+                defaults =
+                    crate::tasks::prompts::model_default_templates(model.encoder().scoring())?;
+                &defaults[..]
+            }
+            given => given,
+        };
         crate::tasks::prompts::check_templates(templates, "the templates")?;
         match &mode {
             Mode::Classify { top_k: 0, .. } => {

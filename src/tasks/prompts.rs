@@ -80,8 +80,13 @@ pub fn vocab(spec: &str) -> Result<Vec<String>> {
     Ok(tags)
 }
 
+/// The template SigLIP models are used with by default: their model cards' and transformers'
+/// zero-shot pipeline's. Their text tower runs every prompt padded to 64 positions, so the
+/// eleven-template ensemble would cost eleven times that on each new label set.
+pub const SIGLIP_TEMPLATE: &str = "This is a photo of {}.";
+
 /// The templates a run uses: a single `template`, else the set `set` (a file or a shipped name),
-/// else the shipped default ensemble.
+/// else none, which means the model's default (see [`model_default_templates`]).
 pub fn choose_templates(template: Option<&str>, set: Option<&str>) -> Result<Vec<String>> {
     match (template, set) {
         (Some(_), Some(_)) => Err(Error::Options(
@@ -93,7 +98,16 @@ pub fn choose_templates(template: Option<&str>, set: Option<&str>) -> Result<Vec
             Ok(t)
         }
         (None, Some(set)) => templates(set),
-        (None, None) => templates(DEFAULT_TEMPLATES),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// The default templates for a model scored with `scoring`: the shipped ensemble for CLIP (the
+/// CLIP paper's prompt ensembling), [`SIGLIP_TEMPLATE`] alone for SigLIP.
+pub fn model_default_templates(scoring: crate::models::Scoring) -> Result<Vec<String>> {
+    match scoring {
+        crate::models::Scoring::Softmax => templates(DEFAULT_TEMPLATES),
+        crate::models::Scoring::Sigmoid => Ok(vec![SIGLIP_TEMPLATE.to_string()]),
     }
 }
 

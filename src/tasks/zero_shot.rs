@@ -33,6 +33,7 @@ pub struct ImageTextModel {
 /// text tower encoded, in how long.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PromptStats {
+    pub templates: usize,
     pub prompts: usize,
     pub cached: usize,
     pub seconds: f64,
@@ -432,6 +433,7 @@ impl ImageTextModel {
         let mean = Tensor::stack(&per_template, 0)?.mean(0)?;
         timings::add("label prompts", started.elapsed().as_secs_f64());
         let stats = PromptStats {
+            templates: templates.len(),
             prompts: labels.len() * templates.len(),
             cached,
             seconds: started.elapsed().as_secs_f64(),
