@@ -918,9 +918,17 @@ fn default_templates_are_the_ensemble_for_clip_and_the_model_card_one_for_siglip
     };
     let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
     let clip = classify("clip-tiny", &[]);
-    assert!(stderr(&clip).contains(" x 11 templates ("), "{}", stderr(&clip));
+    assert!(
+        stderr(&clip).contains(" x 11 templates ("),
+        "{}",
+        stderr(&clip)
+    );
     let siglip = classify("siglip-tiny", &[]);
-    assert!(stderr(&siglip).contains(" x 1 template ("), "{}", stderr(&siglip));
+    assert!(
+        stderr(&siglip).contains(" x 1 template ("),
+        "{}",
+        stderr(&siglip)
+    );
     let named = classify("siglip-tiny", &["--template", "This is a photo of {}."]);
     assert_eq!(
         String::from_utf8_lossy(&siglip.stdout),
@@ -928,5 +936,9 @@ fn default_templates_are_the_ensemble_for_clip_and_the_model_card_one_for_siglip
     );
     // The ensemble stays one flag away.
     let ensemble = classify("siglip-tiny", &["--templates", "default"]);
-    assert!(stderr(&ensemble).contains(" x 11 templates ("), "{}", stderr(&ensemble));
+    assert!(
+        stderr(&ensemble).contains(" x 11 templates ("),
+        "{}",
+        stderr(&ensemble)
+    );
 }

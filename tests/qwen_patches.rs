@@ -21,7 +21,7 @@ fn check(case: &str) -> usize {
             glance::preprocess::decode::decode(&common::shared_images().join(file), u64::MAX)
                 .unwrap();
         let patches = proc
-            .apply(&decoded.image, proc.min_pixels, proc.max_pixels)
+            .apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
             .unwrap();
         let grid: Vec<usize> = r["grid_thw"]
             .as_array()
