@@ -41,7 +41,8 @@
 #
 # Settings (SETTINGS [defaults-cold defaults-warm like]):
 #   defaults-cold  each side as a user runs it: glance without --dtype and --template (auto
-#                  precision; the eleven-template ensemble), transformers in float32 with the
+#                  precision; the model's default templates: CLIP's eleven-template ensemble,
+#                  SigLIP's "This is a photo of {}."), transformers in float32 with the
 #                  zero-shot pipeline's "This is a photo of {}.", after the model's files are
 #                  dropped from the page cache, glance with an empty label cache (a first run)
 #   defaults-warm  the same with the files in the page cache and glance's label embeddings
@@ -240,8 +241,8 @@ quiet_check() {
 #                  (every later run)
 #   like           like with like: glance --dtype DTYPE, transformers TF_DTYPE, one template
 #                  TEMPLATE for both (no label cache), files in the page cache
-# "Defaults" means: glance without --dtype (auto) and, for classify, without --template (its
-# eleven-template ensemble); transformers in float32 with the zero-shot pipeline's template
+# "Defaults" means: glance without --dtype (auto) and, for classify, without --template (the
+# model's default templates); transformers in float32 with the zero-shot pipeline's template
 # "This is a photo of {}.". Batch sizes and pinned token counts are the case's on both sides.
 SETTINGS=${SETTINGS:-defaults-cold defaults-warm like}
 TF_DEFAULT_TEMPLATE='This is a photo of {}.'
@@ -356,7 +357,7 @@ for row in "${ROWS[@]}"; do echo "$row"; done
 echo "glance's time is the whole process (start, model load, the work, writing); transformers' excludes"
 echo "Python imports and model load (tf load, seconds, reported separately). gl start: glance's seconds"
 echo "before its first image (GLANCE_TIMINGS' start-up line). vis GF: the vision tower's GFLOP/s."
-echo "defaults: glance without --dtype/--template (auto precision, 11-template ensemble), transformers"
+echo "defaults: glance without --dtype/--template (auto precision; CLIP's 11-template ensemble, SigLIP's one template), transformers"
 echo "float32 with \"$TF_DEFAULT_TEMPLATE\"; cold: model files dropped from the page cache and glance's label"
 echo "cache empty; warm: both kept. At most $BUSY_MAX CPUs were busy with other work before a timed run."
 echo "Logs: $OUT"
