@@ -7,6 +7,7 @@ pub mod attention;
 pub mod cross_attention;
 pub mod kv_cache;
 pub mod linear;
+pub mod rotary;
 
 use candle_core::{Result, Tensor};
 
