@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cross_attention;
+pub mod decoder;
 pub mod kv_cache;
 pub mod linear;
 pub mod rotary;
