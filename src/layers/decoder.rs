@@ -85,7 +85,7 @@ impl SelfAttention {
     /// `q_proj`, `k_proj`, `v_proj`, `o_proj` (and `q_norm`, `k_norm`) under `vb`.
     pub fn new(shape: AttentionShape, vb: VarBuilder) -> Result<Self> {
         let s = shape;
-        if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             candle_core::bail!(
                 "{} attention heads do not share {} key/value heads evenly",
                 s.heads,
