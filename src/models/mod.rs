@@ -6,6 +6,7 @@ pub mod blip;
 pub mod clip;
 pub mod convnext;
 pub mod gpt2;
+pub mod qwen3_vl;
 pub mod resnet;
 pub mod siglip;
 pub mod swin;
