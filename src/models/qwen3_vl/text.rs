@@ -1,0 +1,203 @@
+//! Qwen3-VL's language model: a Qwen3 decoder (grouped-query attention with per-head q/k
+//! norms, SwiGLU) with interleaved M-RoPE, and DeepStack — the vision tower's features from
+//! earlier blocks added to the image positions after each of the first layers.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, VarBuilder};
+use serde::Deserialize;
+
+use crate::layers::decoder::{padded_causal_mask, AttentionShape, DecoderLayer, RmsNorm};
+use crate::layers::rotary::{MRope, Rotary};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: Option<usize>,
+    #[serde(default = "eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub attention_bias: bool,
+    pub rope_theta: Option<f64>,
+    /// transformers 4's name for the rotary settings.
+    pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's.
+    pub rope_parameters: Option<serde_json::Value>,
+    pub tie_word_embeddings: Option<bool>,
+}
+
+fn eps() -> f64 {
+    1e-6
+}
+
+impl TextConfig {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The rotary settings, from `rope_parameters` (transformers 5) or `rope_scaling` and
+    /// `rope_theta` (checkpoints written before).
+    pub fn rotary(&self) -> std::result::Result<Rotary, String> {
+        let params = self
+            .rope_parameters
+            .as_ref()
+            .or(self.rope_scaling.as_ref())
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let theta = params["rope_theta"]
+            .as_f64()
+            .or(self.rope_theta)
+            .unwrap_or(5_000_000.0);
+        let mrope = match params["mrope_section"].as_array() {
+            Some(s) if s.len() == 3 => {
+                let n = |i: usize| s[i].as_u64().unwrap_or(0) as usize;
+                Some(MRope {
+                    section: [n(0), n(1), n(2)],
+                    interleaved: params["mrope_interleaved"].as_bool().unwrap_or(false),
+                })
+            }
+            Some(s) => return Err(format!("mrope_section has {} entries, expected 3", s.len())),
+            None => None,
+        };
+        Rotary::new(self.head_dim(), theta, mrope)
+    }
+}
+
+pub struct TextModel {
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: candle_nn::Linear,
+    rotary: Rotary,
+    device: Device,
+}
+
+/// One prompt row's state across steps: its cache per layer and which positions are real.
+pub struct TextCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per row, per position so far: not padding.
+    pub valid: Vec<Vec<bool>>,
+}
+
+impl TextModel {
+    /// `vb` holds `embed_tokens`, `layers.N`, `norm`; `head` the `lm_head` (tied to the
+    /// embeddings when `None`).
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, head: Option<VarBuilder>) -> Result<Self> {
+        let shape = AttentionShape {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim(),
+            qkv_bias: cfg.attention_bias,
+            qk_norm: Some(cfg.rms_norm_eps),
+        };
+        let embed_weight = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let embed = Embedding::new(embed_weight.clone(), cfg.hidden_size);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                DecoderLayer::new(
+                    shape,
+                    cfg.intermediate_size,
+                    cfg.rms_norm_eps,
+                    vb.pp(format!("layers.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head_weight = match head {
+            Some(vb) => vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            None => embed_weight,
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
+            lm_head: candle_nn::Linear::new(head_weight, None),
+            rotary: cfg.rotary().map_err(candle_core::Error::msg)?,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    pub fn new_cache(&self) -> TextCache {
+        TextCache {
+            layers: vec![None; self.layers.len()],
+            valid: Vec::new(),
+        }
+    }
+
+    /// Runs `embeds` `[batch, new, hidden]` at M-RoPE `positions` (per row, per new position)
+    /// after the cached ones; `valid` marks the new positions that are not padding. `deepstack`:
+    /// per row the new positions that are image tokens, and one `[image tokens, hidden]` feature
+    /// per DeepStack layer (all rows' image tokens in order). Returns the logits of the last
+    /// position, `[batch, vocab]`.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<[i64; 3]>],
+        valid: &[Vec<bool>],
+        deepstack: Option<(&[Vec<usize>], &[Tensor])>,
+        cache: &mut TextCache,
+    ) -> Result<Tensor> {
+        let (b, n, _) = embeds.dims3()?;
+        if cache.valid.is_empty() {
+            cache.valid = vec![Vec::new(); b];
+        }
+        for (row, new) in cache.valid.iter_mut().zip(valid) {
+            row.extend_from_slice(new);
+        }
+        let (mut cos, mut sin) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for row in positions {
+            let (c, s) = self.rotary.cos_sin(row, &self.device)?;
+            cos.push(c);
+            sin.push(s);
+        }
+        let cos = Tensor::stack(&cos, 0)?;
+        let sin = Tensor::stack(&sin, 0)?;
+        let all_valid = cache.valid.iter().all(|r| r.iter().all(|&v| v));
+        let mask = match (n, all_valid) {
+            (1, true) => None,
+            _ => Some(padded_causal_mask(
+                &cache.valid,
+                n,
+                embeds.dtype(),
+                &self.device,
+            )?),
+        };
+        // Flat indices of the image positions in [batch * new], for DeepStack.
+        let image_rows: Option<Tensor> = match deepstack {
+            Some((rows, _)) => {
+                let flat: Vec<u32> = rows
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, ps)| ps.iter().map(move |&p| (r * n + p) as u32))
+                    .collect();
+                (!flat.is_empty())
+                    .then(|| Tensor::from_vec(flat.clone(), flat.len(), &self.device))
+                    .transpose()?
+            }
+            None => None,
+        };
+        let mut h = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h, &cos, &sin, mask.as_ref(), &mut cache.layers[i])?;
+            if let (Some(index), Some((_, features))) = (&image_rows, deepstack) {
+                if let Some(feature) = features.get(i) {
+                    let hidden = h.dim(D::Minus1)?;
+                    let flat = h.reshape((b * n, hidden))?;
+                    let added = flat.index_add(index, &feature.to_dtype(flat.dtype())?, 0)?;
+                    h = added.reshape((b, n, hidden))?;
+                }
+            }
+        }
+        let last = self.norm.forward(&h.narrow(1, n - 1, 1)?.squeeze(1)?)?;
+        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+}
