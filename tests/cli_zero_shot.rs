@@ -161,19 +161,26 @@ fn classify_matches_transformers() {
     );
 }
 
+/// The reference's ensemble templates written to `dir/templates.txt` (after a comment line),
+/// with the templates.
+fn templates_file(reference: &Value, dir: &Path) -> (PathBuf, Vec<String>) {
+    let path = dir.join("templates.txt");
+    let lines: Vec<String> = reference["ensemble"]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    fs::write(&path, format!("# three\n{}\n", lines.join("\n"))).unwrap();
+    (path, lines)
+}
+
 #[test]
 fn template_ensemble_from_a_file_matches_transformers() {
     let dir = fixture("clip-tiny");
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
-    let templates = photos.path().join("templates.txt");
-    let lines: Vec<&str> = reference["ensemble"]["templates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    fs::write(&templates, format!("# three\n{}\n", lines.join("\n"))).unwrap();
+    let (templates, _) = templates_file(&reference, photos.path());
     let labels_file = photos.path().join("labels.txt");
     fs::write(&labels_file, labels(&reference).join("\n")).unwrap();
     let out = run(glance()
@@ -798,14 +805,7 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
     let cache = tempfile::tempdir().unwrap();
-    let templates = photos.path().join("templates.txt");
-    let lines: Vec<&str> = reference["ensemble"]["templates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    fs::write(&templates, lines.join("\n")).unwrap();
+    let (templates, lines) = templates_file(&reference, photos.path());
     let labels = labels(&reference);
     let classify = |labels: &[String]| {
         run(glance()
