@@ -3,6 +3,7 @@
 //! configs and tokenizer beside them. The bottom floor: it uses only [`crate::error`].
 
 pub mod alloc;
+pub mod chat_template;
 pub mod embedding_cache;
 pub mod hub;
 pub mod spiece;
