@@ -18,18 +18,6 @@ pub struct ChatTemplate {
     special: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A special token as `tokenizer_config.json` writes it: a string or `{"content": …}`.
-fn token_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .map(str::to_string),
-        _ => None,
-    }
-}
-
 impl ChatTemplate {
     /// The model's template: `chat_template.jinja`, else `chat_template.json`'s `chat_template`,
     /// else `tokenizer_config.json`'s (a string, or a list of named templates: `default`).
@@ -77,8 +65,8 @@ impl ChatTemplate {
         if let Some(o) = config.as_object() {
             for (k, v) in o {
                 if k.ends_with("_token") {
-                    if let Some(t) = token_text(v) {
-                        special.insert(k.clone(), serde_json::Value::String(t));
+                    if let Some(t) = super::special_token(v) {
+                        special.insert(k.clone(), serde_json::Value::String(t.to_string()));
                     }
                 }
             }

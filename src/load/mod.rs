@@ -51,6 +51,12 @@ impl TextTokenizer {
     }
 }
 
+/// A special token's text as `tokenizer_config.json` writes it: a string, or an `AddedToken`
+/// object `{"content": ...}`.
+pub(crate) fn special_token(v: &serde_json::Value) -> Option<&str> {
+    v.as_str().or_else(|| v["content"].as_str())
+}
+
 /// The tokenizer of an image–text model: `tokenizer.json`, else a SigLIP `spiece.model` (see
 /// [`spiece`]) with `tokenizer_config.json`'s special tokens.
 pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
@@ -92,13 +98,8 @@ pub fn load_text_tokenizer(files: &ModelFiles) -> Result<TextTokenizer> {
             ),
         });
     }
-    // A special token is a string or an AddedToken object {"content": ...}.
     let token = |key: &str, default: &'static str| -> String {
-        let v = &config[key];
-        v.as_str()
-            .or_else(|| v["content"].as_str())
-            .unwrap_or(default)
-            .to_string()
+        special_token(&config[key]).unwrap_or(default).to_string()
     };
     let tokenizer = spiece::siglip_tokenizer(
         &path,

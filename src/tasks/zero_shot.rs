@@ -139,16 +139,8 @@ fn pad_token_id(files: &ModelFiles, tokenizer: &Tokenizer, fallback: Option<u32>
     let named = match files.get_optional("tokenizer_config.json")? {
         Some(path) => {
             let cfg = read_json(&path)?;
-            let token = match &cfg["pad_token"] {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_string),
-                _ => None,
-            };
-            match token {
-                Some(token) => Some(tokenizer.token_to_id(&token).ok_or_else(|| {
+            match crate::load::special_token(&cfg["pad_token"]) {
+                Some(token) => Some(tokenizer.token_to_id(token).ok_or_else(|| {
                     Error::config(
                         &path,
                         format!("pad_token {token:?} is not in the vocabulary"),
