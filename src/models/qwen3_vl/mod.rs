@@ -69,18 +69,29 @@ impl Qwen3Vl {
         })
     }
 
+    /// The runs of `ids`: whether each is of image tokens, and where it lies.
+    fn runs(&self, ids: &[u32]) -> Vec<(bool, std::ops::Range<usize>)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let image = ids[i] == self.image_token;
+            let len = ids[i..]
+                .iter()
+                .take_while(|&&t| (t == self.image_token) == image)
+                .count();
+            runs.push((image, i..i + len));
+            i += len;
+        }
+        runs
+    }
+
     /// The spans of a prompt for its M-RoPE positions: text, and each run of image tokens as
     /// the next image's grid.
     fn spans(&self, prompt: &Prompt) -> Result<Vec<Span>> {
         let mut spans = Vec::new();
         let mut images = prompt.images.iter();
-        let mut i = 0;
-        while i < prompt.ids.len() {
-            let image = prompt.ids[i] == self.image_token;
-            let run = prompt.ids[i..]
-                .iter()
-                .take_while(|&&t| (t == self.image_token) == image)
-                .count();
+        for (image, range) in self.runs(&prompt.ids) {
+            let run = range.len();
             if image {
                 let Some(p) = images.next() else {
                     candle_core::bail!("more image-token runs than images in the prompt");
@@ -98,7 +109,6 @@ impl Qwen3Vl {
             } else {
                 spans.push(Span::Text(run));
             }
-            i += run;
         }
         if images.next().is_some() {
             candle_core::bail!("more images than image-token runs in the prompt");
@@ -154,17 +164,17 @@ impl Qwen3Vl {
             let ids: Vec<u32> = std::iter::repeat_n(0, pad)
                 .chain(p.ids.iter().copied())
                 .collect();
-            let embeds =
-                self.text
-                    .embed(&Tensor::from_vec(ids.clone(), ids.len(), &self.device)?)?;
+            let len = ids.len();
+            let embeds = self
+                .text
+                .embed(&Tensor::from_vec(ids, len, &self.device)?)?;
             let mut pieces = Vec::new();
-            let mut i = 0;
+            if pad > 0 {
+                pieces.push(embeds.narrow(0, 0, pad)?);
+            }
             let mut row_images = Vec::new();
-            while i < ids.len() {
-                let image = i >= pad && ids[i] == self.image_token;
-                let run = (i..ids.len())
-                    .take_while(|&j| (j >= pad && ids[j] == self.image_token) == image)
-                    .count();
+            for (image, range) in self.runs(&p.ids) {
+                let (i, run) = (range.start + pad, range.len());
                 match (image, &vision) {
                     (true, Some(v)) => {
                         pieces.push(
@@ -177,7 +187,6 @@ impl Qwen3Vl {
                     }
                     _ => pieces.push(embeds.narrow(0, i, run)?),
                 }
-                i += run;
             }
             rows.push(Tensor::cat(&pieces, 0)?);
             image_positions.push(row_images);

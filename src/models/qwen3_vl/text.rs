@@ -180,7 +180,10 @@ impl TextModel {
                     .flat_map(|(r, ps)| ps.iter().map(move |&p| (r * n + p) as u32))
                     .collect();
                 (!flat.is_empty())
-                    .then(|| Tensor::from_vec(flat.clone(), flat.len(), &self.device))
+                    .then(|| {
+                        let n = flat.len();
+                        Tensor::from_vec(flat, n, &self.device)
+                    })
                     .transpose()?
             }
             None => None,

@@ -131,6 +131,8 @@ struct Merger {
     norm: LayerNorm,
     fc1: Linear,
     fc2: Linear,
+    /// `nn.GELU()`, the exact (erf) one.
+    act: HiddenAct,
     /// Normalize after joining the four patches (DeepStack mergers) instead of before.
     post_shuffle: bool,
     joined: usize,
@@ -155,6 +157,7 @@ impl Merger {
             )?,
             fc1: linear(joined, joined, vb.pp("linear_fc1"))?,
             fc2: linear(joined, cfg.out_hidden_size, vb.pp("linear_fc2"))?,
+            act: HiddenAct::try_from("gelu".to_string()).map_err(candle_core::Error::msg)?,
             post_shuffle,
             joined,
         })
@@ -166,8 +169,7 @@ impl Merger {
             true => self.norm.forward(&x.reshape((n, self.joined))?)?,
             false => self.norm.forward(x)?.reshape((n, self.joined))?,
         };
-        let gelu = HiddenAct::try_from("gelu".to_string()).map_err(candle_core::Error::msg)?;
-        self.fc2.forward(&gelu.forward(&self.fc1.forward(&x)?)?)
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(&x)?)?)
     }
 }
 
