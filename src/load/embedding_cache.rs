@@ -46,12 +46,17 @@ pub fn dir_from_env() -> Option<PathBuf> {
 /// What makes one model's embeddings differ from another's: every input the text tower's output
 /// depends on. Built from the weight files' identities (canonical path — a hub blob's name is its
 /// content hash — size and modification time; hashing gigabytes at every start would cost more
-/// than it saves), the config's bytes, the precision and the device kind, and glance's version.
+/// than it saves), the parsed config, the precision and the device kind, and glance's version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelKey(String);
 
 impl ModelKey {
-    pub fn new(weights: &[PathBuf], config: &Path, precision: &str, device: &str) -> Result<Self> {
+    pub fn new(
+        weights: &[PathBuf],
+        config: &serde_json::Value,
+        precision: &str,
+        device: &str,
+    ) -> Result<Self> {
         let mut h = Sha256::new();
         h.update(MAGIC);
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
@@ -67,7 +72,7 @@ impl ModelKey {
             h.update(meta.len().to_le_bytes());
             h.update(mtime.to_le_bytes());
         }
-        h.update(std::fs::read(config).map_err(|e| Error::io(config, e))?);
+        h.update(config.to_string().as_bytes());
         h.update(precision.as_bytes());
         h.update([0]);
         h.update(device.as_bytes());
@@ -238,12 +243,10 @@ mod tests {
 
     fn key(dir: &Path) -> ModelKey {
         let weights = dir.join("model.safetensors");
-        let config = dir.join("config.json");
         if !weights.exists() {
             std::fs::write(&weights, b"weights").unwrap();
-            std::fs::write(&config, b"{}").unwrap();
         }
-        ModelKey::new(&[weights], &config, "f32", "cpu").unwrap()
+        ModelKey::new(&[weights], &serde_json::json!({}), "f32", "cpu").unwrap()
     }
 
     #[test]
@@ -287,10 +290,10 @@ mod tests {
         let a = key(dir.path());
         assert_eq!(a, key(dir.path()));
         let weights = [dir.path().join("model.safetensors")];
-        let config = dir.path().join("config.json");
+        let config = serde_json::json!({});
         assert_ne!(a, ModelKey::new(&weights, &config, "bf16", "cpu").unwrap());
         assert_ne!(a, ModelKey::new(&weights, &config, "f32", "cuda").unwrap());
-        std::fs::write(&config, b"{\"x\": 1}").unwrap();
+        let config = serde_json::json!({"x": 1});
         let b = ModelKey::new(&weights, &config, "f32", "cpu").unwrap();
         assert_ne!(a, b);
         std::fs::write(&weights[0], b"other weights").unwrap();

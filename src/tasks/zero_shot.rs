@@ -46,11 +46,10 @@ pub fn load_image_text(
     dtype: DType,
 ) -> Result<ImageTextModel> {
     let name = files.source().name();
-    let (config_path, config, arch) = timings::phase("configs", || -> Result<_> {
-        let path = files.get("config.json")?;
-        let config = read_json(&path)?;
+    let (config, arch) = timings::phase("configs", || -> Result<_> {
+        let config = read_json(&files.get("config.json")?)?;
         let arch = Architecture::from_config(&config, &name)?;
-        Ok((path, config, arch))
+        Ok((config, arch))
     })?;
     let weight_files = files.weights()?;
     let vb = timings::phase("weights opened", || {
@@ -108,12 +107,7 @@ pub fn load_image_text(
             };
             // Not the dtype alone: `--dtype bf16` on the CPU loads f32 and multiplies in bf16.
             let precision = crate::device::describe_precision(dtype);
-            let key = ModelKey::new(
-                paths,
-                &config_path,
-                &precision,
-                &crate::device::describe(device),
-            )?;
+            let key = ModelKey::new(paths, &config, &precision, &crate::device::describe(device))?;
             Some((dir, key))
         }
         None => None,
