@@ -12,10 +12,6 @@ use serde::Deserialize;
 use super::{Preprocessor, PreprocessorConfig, SizeSpec};
 use crate::error::{Error, Result};
 
-/// What glance's default pixel budget is: about a thousand image tokens at merge 2 and patch 16
-/// (the checkpoints themselves allow 16.7 M pixels, 16k tokens for a phone photo).
-pub const DEFAULT_MAX_PIXELS: u64 = 1024 * 1024;
-
 /// The fields of a Qwen-VL `preprocessor_config.json` beyond the common ones.
 #[derive(Debug, Clone, Deserialize)]
 struct PatchFields {

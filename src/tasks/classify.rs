@@ -243,10 +243,6 @@ impl ClassifyStage {
         &self.labels
     }
 
-    pub fn is_zero_shot(&self) -> bool {
-        matches!(self.scorer, Scorer::ZeroShot { .. })
-    }
-
     /// How the label prompts were embedded (zero-shot stages only).
     pub fn prompt_stats(&self) -> Option<PromptStats> {
         match &self.scorer {
