@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{glance, stdout_records};
+use common::{glance, stdout_records, succeed};
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -60,17 +60,6 @@ fn rows(dir: &Path, name: &str) -> Vec<Vec<f64>> {
         .into_iter()
         .map(|r| r.into_iter().map(f64::from).collect())
         .collect()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "glance failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn by_name(records: Vec<Value>) -> HashMap<String, Value> {
@@ -135,22 +124,24 @@ fn classify_matches_transformers() {
     let dir = fixture("clip-tiny");
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
-    let out = run(glance()
-        .args([
-            "classify",
-            "--quiet",
-            "--top-k",
-            "3",
-            "--template",
-            "a photo of a {}.",
-            "-b",
-            "4",
-            "-m",
-        ])
-        .arg(&dir)
-        .arg("--labels")
-        .arg(labels(&reference).join(","))
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args([
+                "classify",
+                "--quiet",
+                "--top-k",
+                "3",
+                "--template",
+                "a photo of a {}.",
+                "-b",
+                "4",
+                "-m",
+            ])
+            .arg(&dir)
+            .arg("--labels")
+            .arg(labels(&reference).join(","))
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let n = check_classify(&records, &reference, &rows(&dir, "probs"), 3);
     assert_eq!(n, 9);
@@ -183,14 +174,16 @@ fn template_ensemble_from_a_file_matches_transformers() {
     let (templates, _) = templates_file(&reference, photos.path());
     let labels_file = photos.path().join("labels.txt");
     fs::write(&labels_file, labels(&reference).join("\n")).unwrap();
-    let out = run(glance()
-        .args(["classify", "--quiet", "-m"])
-        .arg(&dir)
-        .arg("--labels-file")
-        .arg(&labels_file)
-        .arg("--templates")
-        .arg(&templates)
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args(["classify", "--quiet", "-m"])
+            .arg(&dir)
+            .arg("--labels-file")
+            .arg(&labels_file)
+            .arg("--templates")
+            .arg(&templates)
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     assert_eq!(
         check_classify(&records, &reference, &rows(&dir, "ensemble_probs"), 5),
@@ -262,21 +255,23 @@ fn multi_label_thresholds_siglip_sigmoid_and_clip_cosine() {
         let scores = expected_scores.unwrap_or_else(|| rows(&dir, "probs"));
         let labels = labels(&reference);
         let photos = photo_dir(&reference);
-        let out = run(glance()
-            .args([
-                "classify",
-                "--quiet",
-                "--multi-label",
-                "--template",
-                "a photo of a {}.",
-                "-m",
-            ])
-            .arg(&dir)
-            .arg("--threshold")
-            .arg(threshold.to_string())
-            .arg("--labels")
-            .arg(labels.join(","))
-            .arg(photos.path()));
+        let out = succeed(
+            glance()
+                .args([
+                    "classify",
+                    "--quiet",
+                    "--multi-label",
+                    "--template",
+                    "a photo of a {}.",
+                    "-m",
+                ])
+                .arg(&dir)
+                .arg("--threshold")
+                .arg(threshold.to_string())
+                .arg("--labels")
+                .arg(labels.join(","))
+                .arg(photos.path()),
+        );
         let records = by_name(stdout_records(&out));
         let mut checked = 0;
         let mut tagged = 0;
@@ -311,22 +306,24 @@ fn label_takes_a_vocabulary_and_caps_the_tags() {
     let photos = photo_dir(&reference);
     let vocab = photos.path().join("vocab.txt");
     fs::write(&vocab, format!("# tags\n{}\n", labels.join("\n"))).unwrap();
-    let out = run(glance()
-        .args([
-            "label",
-            "--quiet",
-            "--threshold",
-            "0.05",
-            "--max-tags",
-            "2",
-            "--template",
-            "a photo of a {}.",
-            "-m",
-        ])
-        .arg(&dir)
-        .arg("--vocab")
-        .arg(&vocab)
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args([
+                "label",
+                "--quiet",
+                "--threshold",
+                "0.05",
+                "--max-tags",
+                "2",
+                "--template",
+                "a photo of a {}.",
+                "-m",
+            ])
+            .arg(&dir)
+            .arg("--vocab")
+            .arg(&vocab)
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     for (row, name) in png_rows(&reference) {
@@ -343,20 +340,22 @@ fn min_score_makes_unknown() {
     let dir = fixture("clip-tiny");
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
-    let out = run(glance()
-        .args([
-            "classify",
-            "--quiet",
-            "--min-score",
-            "0.9",
-            "--template",
-            "a photo of a {}.",
-            "-m",
-        ])
-        .arg(&dir)
-        .arg("--labels")
-        .arg(labels(&reference).join(","))
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args([
+                "classify",
+                "--quiet",
+                "--min-score",
+                "0.9",
+                "--template",
+                "a photo of a {}.",
+                "-m",
+            ])
+            .arg(&dir)
+            .arg("--labels")
+            .arg(labels(&reference).join(","))
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     let mut unknown = 0;
@@ -474,7 +473,7 @@ fn output_formats_csv_json_labelstudio_and_sidecars() {
         .arg(&dir)
         .args(extra)
         .arg(photos.path());
-        run(&mut cmd)
+        succeed(&mut cmd)
     };
     // CSV: file,label,score,error.
     let csv_path = out_dir.path().join("c.csv");
@@ -518,7 +517,7 @@ fn output_formats_csv_json_labelstudio_and_sidecars() {
     .args(["--ls-url-prefix", "/data/local-files/?d=", "-o"])
     .arg(&ls_path)
     .arg(photos.path());
-    run(&mut cmd);
+    succeed(&mut cmd);
     let tasks: Value = serde_json::from_str(&fs::read_to_string(&ls_path).unwrap()).unwrap();
     let tasks = tasks.as_array().unwrap();
     assert_eq!(tasks.len(), 9);
@@ -556,7 +555,7 @@ fn output_formats_csv_json_labelstudio_and_sidecars() {
     .arg(&vocab)
     .args(["--format", "txt", "--existing", "append"])
     .arg(photos.path());
-    run(&mut cmd);
+    succeed(&mut cmd);
     let text = fs::read_to_string(&sidecar).unwrap();
     let tags: Vec<&str> = text.split(", ").collect();
     assert_eq!(tags.len(), 3, "{text}");
@@ -607,10 +606,12 @@ fn two_stage_pipeline_merges_caption_and_classify() {
         ),
     )
     .unwrap();
-    let out = run(glance()
-        .args(["run", "--quiet"])
-        .arg(&pipeline)
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let captions = common::blip_greedy_captions();
     let probs = rows(&clip, "probs");
@@ -640,7 +641,7 @@ fn two_stage_pipeline_merges_caption_and_classify() {
         .arg("-o")
         .arg(&csv_path)
         .arg(photos.path());
-    run(&mut cmd);
+    succeed(&mut cmd);
     let csv = fs::read_to_string(&csv_path).unwrap();
     assert!(csv.starts_with("file,caption,label,score,error\n"), "{csv}");
     assert_eq!(csv.lines().count(), 10);
@@ -696,13 +697,15 @@ fn closed_set_classifier_uses_its_own_classes() {
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
     let sorted = tempfile::tempdir().unwrap();
-    let out = run(glance()
-        .args(["classify", "--quiet", "--top-k", "2", "-m"])
-        .arg(&dir)
-        .arg("--sort-into")
-        .arg(sorted.path())
-        .arg("--link")
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args(["classify", "--quiet", "--top-k", "2", "-m"])
+            .arg(&dir)
+            .arg("--sort-into")
+            .arg(sorted.path())
+            .arg("--link")
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let logits = rows(&dir, "logits");
     for (row, name) in png_rows(&reference) {
@@ -750,18 +753,20 @@ fn caption_runs_a_vision_encoder_decoder() {
         .unwrap()
         .clone();
     let max_new = case["max_new_tokens"].to_string();
-    let out = run(glance()
-        .args([
-            "caption",
-            "--quiet",
-            "--max-new-tokens",
-            &max_new,
-            "-b",
-            "3",
-            "-m",
-        ])
-        .arg(&dir)
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args([
+                "caption",
+                "--quiet",
+                "--max-new-tokens",
+                &max_new,
+                "-b",
+                "3",
+                "-m",
+            ])
+            .arg(&dir)
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     for (row, name) in png_rows(&reference) {
         assert_eq!(records[&name]["caption"], case["captions"][row], "{name}");
@@ -775,10 +780,12 @@ fn label_with_a_closed_set_classifier() {
     let dir = fixture("vit-cls-tiny");
     let reference = common::reference(&dir);
     let photos = photo_dir(&reference);
-    let out = run(glance()
-        .args(["label", "--quiet", "--threshold", "0.2", "-m"])
-        .arg(&dir)
-        .arg(photos.path()));
+    let out = succeed(
+        glance()
+            .args(["label", "--quiet", "--threshold", "0.2", "-m"])
+            .arg(&dir)
+            .arg(photos.path()),
+    );
     let records = by_name(stdout_records(&out));
     let probs = rows(&dir, "probs");
     let classes: Vec<String> = (0..probs[0].len())
@@ -808,15 +815,17 @@ fn label_prompts_are_encoded_once_and_then_read_from_the_cache() {
     let (templates, lines) = templates_file(&reference, photos.path());
     let labels = labels(&reference);
     let classify = |labels: &[String]| {
-        run(glance()
-            .env("GLANCE_CACHE", cache.path())
-            .args(["classify", "-m"])
-            .arg(&dir)
-            .arg("--labels")
-            .arg(labels.join(","))
-            .arg("--templates")
-            .arg(&templates)
-            .arg(photos.path()))
+        succeed(
+            glance()
+                .env("GLANCE_CACHE", cache.path())
+                .args(["classify", "-m"])
+                .arg(&dir)
+                .arg("--labels")
+                .arg(labels.join(","))
+                .arg("--templates")
+                .arg(&templates)
+                .arg(photos.path()),
+        )
     };
     let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
     let prompts = labels.len() * lines.len();
@@ -909,12 +918,14 @@ fn default_templates_are_the_ensemble_for_clip_and_the_model_card_one_for_siglip
     let photos = photo_dir(&reference);
     let labels = labels(&reference).join(",");
     let classify = |model: &str, extra: &[&str]| {
-        run(glance()
-            .args(["classify", "-m"])
-            .arg(fixture(model))
-            .args(["--labels", &labels])
-            .args(extra)
-            .arg(photos.path()))
+        succeed(
+            glance()
+                .args(["classify", "-m"])
+                .arg(fixture(model))
+                .args(["--labels", &labels])
+                .args(extra)
+                .arg(photos.path()),
+        )
     };
     let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
     let clip = classify("clip-tiny", &[]);

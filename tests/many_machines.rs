@@ -5,21 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{glance, shared_images};
+use common::{glance, shared_images, succeed};
 use serde_json::Value;
 
 fn blip() -> String {
     common::blip_tiny().display().to_string()
-}
-
-fn ok(cmd: &mut std::process::Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The records of a JSONL file.
@@ -38,23 +28,23 @@ fn images() -> String {
 /// The whole run's records, unsharded, as the reference a merge must equal.
 fn unsharded(format: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("all.{format}"));
-    ok(glance()
-        .args([
-            "caption",
-            "-m",
-            &blip(),
-            "--max-new-tokens",
-            "3",
-            "-q",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(images()));
+    succeed(
+        glance()
+            .args([
+                "caption",
+                "-m",
+                &blip(),
+                "--max-new-tokens",
+                "3",
+                "-q",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(images()),
+    );
     out
 }
 
-/// Runs the 4 tasks of an array with `env(k)` as the scheduler's variables for task k (0-based),
-/// each writing `part-{shard}.EXT` in `format`.
 /// Task `k`'s command of a 4-task job, with `env(k)` as the scheduler's variables, writing
 /// `part-{shard}.EXT` in `format`.
 fn task(
@@ -92,7 +82,7 @@ fn run_tasks_as(
     env: impl Fn(usize) -> Vec<(&'static str, String)>,
 ) {
     for k in 0..4 {
-        ok(&mut task(dir, format, ext, k, &env));
+        succeed(&mut task(dir, format, ext, k, &env));
     }
 }
 
@@ -175,11 +165,13 @@ fn kubernetes_indexed_job_then_merge_of_each_format() {
             String::from_utf8_lossy(&out.stderr)
         );
         let whole = dir.path().join(format!("whole.{ext}"));
-        ok(glance()
-            .args(["caption", "-m", &blip(), "--max-new-tokens", "3", "-q"])
-            .args(["--format", format, "-o"])
-            .arg(&whole)
-            .arg(images()));
+        succeed(
+            glance()
+                .args(["caption", "-m", &blip(), "--max-new-tokens", "3", "-q"])
+                .args(["--format", format, "-o"])
+                .arg(&whole)
+                .arg(images()),
+        );
         let text = |p: &Path| std::fs::read_to_string(p).unwrap();
         match format {
             // Documents carry a creation date: compare what they hold.
@@ -259,7 +251,7 @@ fn a_killed_task_resumes_its_own_part_without_duplicates() {
     let cut = &full[..(first_line_end + 10).min(full.len())];
     std::fs::write(&part, cut).unwrap();
     // The retried pod runs the same command with --resume.
-    ok(task(dir.path(), "jsonl", "jsonl", 2, &env).arg("--resume"));
+    succeed(task(dir.path(), "jsonl", "jsonl", 2, &env).arg("--resume"));
     assert_eq!(std::fs::read_to_string(&part).unwrap(), full);
     let out = merge(dir.path(), "jsonl", &["--inputs", &images()]);
     assert!(

@@ -6,12 +6,9 @@
 
 mod common;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use glance::load::chat_template::ChatTemplate;
 use glance::load::hub::{ModelFiles, ModelSource};
-use glance::models::qwen3_vl::{Prompt, Qwen3Vl, Qwen3VlConfig};
-use glance::preprocess::patches::PatchProcessor;
+use glance::models::qwen3_vl::Prompt;
 
 #[test]
 fn chat_prompts_and_replies_equal_transformers() {
@@ -19,18 +16,7 @@ fn chat_prompts_and_replies_equal_transformers() {
     let files = ModelFiles::new(ModelSource::Local(dir.clone())).unwrap();
     let template = ChatTemplate::from_files(&files).unwrap();
     let tokenizer = glance::load::load_tokenizer(&files).unwrap();
-    let cfg: Qwen3VlConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let model = Qwen3Vl::new(&cfg, vb).unwrap();
-    let proc = PatchProcessor::from_file(&dir.join("preprocessor_config.json")).unwrap();
+    let (model, proc) = common::qwen3_vl_tiny();
     let text = std::fs::read_to_string(dir.join("chat_reference.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = reference["cases"].as_array().unwrap();
@@ -41,22 +27,11 @@ fn chat_prompts_and_replies_equal_transformers() {
             .unwrap();
         assert_eq!(rendered, case["rendered"].as_str().unwrap(), "{photo}");
 
-        let decoded =
-            glance::preprocess::decode::decode(&common::shared_images().join(photo), u64::MAX)
-                .unwrap();
-        let patches = proc
-            .apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
-            .unwrap();
+        let patches = common::qwen_patches(&proc, photo);
         let pads = "<|image_pad|>".repeat(patches.tokens(2));
         let expanded = rendered.replace("<|image_pad|>", &pads);
         let ids = tokenizer.encode(expanded, true).unwrap().get_ids().to_vec();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(ids, want, "{photo}: prompt ids");
+        assert_eq!(ids, common::ids(&case["ids"]), "{photo}: prompt ids");
 
         let (new, _) = model
             .generate_greedy(
@@ -68,13 +43,7 @@ fn chat_prompts_and_replies_equal_transformers() {
                 &[2, 3],
             )
             .unwrap();
-        let want_new: Vec<u32> = case["new"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(new[0], want_new, "{photo}: reply ids");
+        assert_eq!(new[0], common::ids(&case["new"]), "{photo}: reply ids");
         let reply = tokenizer.decode(&new[0], true).unwrap();
         assert_eq!(reply, case["reply"].as_str().unwrap(), "{photo}: reply");
     }

@@ -6,61 +6,25 @@
 
 mod common;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-use glance::models::qwen3_vl::{Prompt, Qwen3Vl, Qwen3VlConfig};
+use glance::models::qwen3_vl::Prompt;
 use glance::preprocess::patches::PatchProcessor;
 
-fn load() -> (Qwen3Vl, PatchProcessor, serde_json::Value) {
-    let dir = common::repo().join("tests/fixtures/qwen3-vl-tiny");
-    let cfg: Qwen3VlConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
-    };
-    let model = Qwen3Vl::new(&cfg, vb).unwrap();
-    let proc = PatchProcessor::from_file(&dir.join("preprocessor_config.json")).unwrap();
-    (model, proc, common::reference(&dir))
-}
-
 fn prompt(p: &serde_json::Value, proc: &PatchProcessor) -> Prompt {
-    let ids = p["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
     let images = match p["photo"].as_str() {
-        Some(photo) => {
-            let decoded =
-                glance::preprocess::decode::decode(&common::shared_images().join(photo), u64::MAX)
-                    .unwrap();
-            vec![proc
-                .apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
-                .unwrap()]
-        }
+        Some(photo) => vec![common::qwen_patches(proc, photo)],
         None => Vec::new(),
     };
-    Prompt { ids, images }
-}
-
-fn tokens(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
+    Prompt {
+        ids: common::ids(&p["ids"]),
+        images,
+    }
 }
 
 #[test]
 fn greedy_tokens_equal_transformers_alone_and_batched() {
-    let (model, proc, reference) = load();
-    let eos = tokens(&reference["eos"]);
+    let (model, proc) = common::qwen3_vl_tiny();
+    let reference = common::reference(&common::repo().join("tests/fixtures/qwen3-vl-tiny"));
+    let eos = common::ids(&reference["eos"]);
     let max_new = reference["max_new_tokens"].as_u64().unwrap() as usize;
     let refs = reference["prompts"].as_array().unwrap();
     let prompts: Vec<Prompt> = refs.iter().map(|p| prompt(p, &proc)).collect();
@@ -89,12 +53,16 @@ fn greedy_tokens_equal_transformers_alone_and_batched() {
             diff / scale < 1e-4 && diff < margin / 10.0,
             "prompt {i}: {diff}"
         );
-        assert_eq!(out[0], tokens(&r["alone"]), "prompt {i} alone");
+        assert_eq!(out[0], common::ids(&r["alone"]), "prompt {i} alone");
         same += 1;
     }
     assert_eq!(same, 4);
     let (batched, _) = model.generate_greedy(&prompts, max_new, &eos).unwrap();
     for (i, r) in refs.iter().enumerate() {
-        assert_eq!(batched[i], tokens(&r["batched"]), "prompt {i} in the batch");
+        assert_eq!(
+            batched[i],
+            common::ids(&r["batched"]),
+            "prompt {i} in the batch"
+        );
     }
 }

@@ -28,14 +28,7 @@ fn vision_tower_equals_transformers() {
     let mut values = Vec::new();
     let mut grids = Vec::new();
     for photo in meta["photos"].as_array().unwrap() {
-        let decoded = glance::preprocess::decode::decode(
-            &common::shared_images().join(photo.as_str().unwrap()),
-            u64::MAX,
-        )
-        .unwrap();
-        let p = proc
-            .apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
-            .unwrap();
+        let p = common::qwen_patches(&proc, photo.as_str().unwrap());
         values.extend(p.values);
         grids.push(p.grid);
     }

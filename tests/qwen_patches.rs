@@ -17,12 +17,7 @@ fn check(case: &str) -> usize {
     let mut compared = 0;
     for r in reference["images"].as_array().unwrap() {
         let file = r["file"].as_str().unwrap();
-        let decoded =
-            glance::preprocess::decode::decode(&common::shared_images().join(file), u64::MAX)
-                .unwrap();
-        let patches = proc
-            .apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
-            .unwrap();
+        let patches = common::qwen_patches(&proc, file);
         let grid: Vec<usize> = r["grid_thw"]
             .as_array()
             .unwrap()

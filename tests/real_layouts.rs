@@ -46,13 +46,7 @@ fn run_ok(args: &[&str], images: &[PathBuf], env: &[(&str, &Path)]) -> Vec<Value
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "glance {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout_records(&out)
+    stdout_records(&common::succeed(&mut cmd))
 }
 
 /// Records without `file`, for comparing runs over the same images in the same order.
@@ -686,17 +680,12 @@ fn glance_download_leaves_no_exist_markers_for_offline_runs() {
         fixture("bin/blip-tiny/pytorch_model.bin"),
     ));
     let hub = fake_hub(files, 64);
-    let out = glance()
-        .env_remove("HF_HUB_OFFLINE")
-        .env("HF_HOME", home.path())
-        .env("HF_ENDPOINT", &hub)
-        .args(["download", "Salesforce/blip-image-captioning-base"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeed(
+        glance()
+            .env_remove("HF_HUB_OFFLINE")
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", &hub)
+            .args(["download", "Salesforce/blip-image-captioning-base"]),
     );
     let repo = home
         .path()

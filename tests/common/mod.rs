@@ -136,3 +136,59 @@ pub fn rerun_with_candle_ops_only() {
             .join("; ")
     );
 }
+
+/// Runs `cmd` and checks that it succeeded (the message holds the command and its stderr).
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A shared photo as a Qwen-VL processor's patches (glance's decoding, then `proc`).
+pub fn qwen_patches(
+    proc: &glance::preprocess::patches::PatchProcessor,
+    photo: &str,
+) -> glance::preprocess::patches::Patches {
+    let decoded =
+        glance::preprocess::decode::decode(&shared_images().join(photo), u64::MAX).unwrap();
+    proc.apply(&decoded.rgb, proc.min_pixels, proc.max_pixels)
+        .unwrap()
+}
+
+/// The tiny Qwen3-VL of tests/fixtures/qwen3-vl-tiny and its image processor.
+pub fn qwen3_vl_tiny() -> (
+    glance::models::qwen3_vl::Qwen3Vl,
+    glance::preprocess::patches::PatchProcessor,
+) {
+    let dir = repo().join("tests/fixtures/qwen3-vl-tiny");
+    let cfg: glance::models::qwen3_vl::Qwen3VlConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let model = glance::models::qwen3_vl::Qwen3Vl::new(&cfg, vb).unwrap();
+    let proc = glance::preprocess::patches::PatchProcessor::from_file(
+        &dir.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    (model, proc)
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
