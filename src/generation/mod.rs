@@ -94,6 +94,73 @@ impl GenerationParams {
     }
 }
 
+/// Decoding options a user gave (flags, a pipeline's stage table); `None` leaves the model's
+/// default.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub num_beams: Option<usize>,
+    pub length_penalty: Option<f32>,
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub num_return_sequences: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl GenerationParams {
+    /// transformers' defaults under a checkpoint's `generation_config.json` (its `do_sample`,
+    /// `temperature`, `top_k`, `top_p`, `repetition_penalty`, `num_beams`, `length_penalty`,
+    /// `max_new_tokens`, `min_new_tokens`), as `GenerationConfig.from_pretrained` reads it;
+    /// `max_new_tokens` is `fallback_max_new` where it names none.
+    pub fn from_generation_config(config: &serde_json::Value, fallback_max_new: usize) -> Self {
+        let d = Self::default();
+        let f = |k: &str, dflt: f32| config[k].as_f64().map_or(dflt, |v| v as f32);
+        let u = |k: &str| config[k].as_u64().map(|v| v as usize);
+        Self {
+            max_new_tokens: u("max_new_tokens").unwrap_or(fallback_max_new),
+            min_new_tokens: u("min_new_tokens").unwrap_or(d.min_new_tokens),
+            num_beams: u("num_beams").unwrap_or(d.num_beams),
+            length_penalty: f("length_penalty", d.length_penalty),
+            do_sample: config["do_sample"].as_bool().unwrap_or(d.do_sample),
+            temperature: f("temperature", d.temperature),
+            top_k: u("top_k").unwrap_or(d.top_k),
+            top_p: f("top_p", d.top_p),
+            repetition_penalty: f("repetition_penalty", d.repetition_penalty),
+            ..d
+        }
+    }
+
+    /// The user's choices over these.
+    pub fn with(mut self, o: &Overrides) -> Self {
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if let Some(v) = o.$field {
+                    self.$field = v;
+                }
+            )*};
+        }
+        take!(
+            max_new_tokens,
+            min_new_tokens,
+            num_beams,
+            length_penalty,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            num_return_sequences,
+            seed
+        );
+        self
+    }
+}
+
 /// One generated sequence: the prompt followed by new tokens (end-of-sequence included when
 /// reached, no padding), and the beam score where beam search produced it.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,45 +194,19 @@ pub fn generate(
     // Row r belongs to image r / n.
     let rows = images * n;
     cache.set_group(n);
-    let mut rngs: Vec<Rng> = (0..rows)
-        .map(|r| Rng::new(seeds.get(r / n).copied().unwrap_or(0) ^ (r % n) as u64))
-        .collect();
-    let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); rows];
-    let mut active: Vec<usize> = (0..rows).collect();
-    let mut input = Tensor::new(prompt, decoder.device())?
+    let input = Tensor::new(prompt, decoder.device())?
         .unsqueeze(0)?
         .repeat((rows, 1))?;
-    for step in 0..params.max_new_tokens {
-        let logits = decoder
-            .forward(&input, &mut cache)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        let mut keep = Vec::with_capacity(active.len());
-        let mut next = Vec::with_capacity(active.len());
-        for (row, mut scores) in logits.into_iter().enumerate() {
-            let seq = active[row];
-            logits::process(&mut scores, &seqs[seq], step, params, &stop.eos);
-            let token = if params.do_sample {
-                logits::warp(&mut scores, params);
-                rngs[seq].sample(&logits::softmax(&scores))
-            } else {
-                logits::argmax(&scores)
-            };
-            seqs[seq].push(token);
-            if !stop.eos.contains(&token) {
-                keep.push(row as u32);
-                next.push(token);
-            }
-        }
-        if next.is_empty() {
-            break;
-        }
-        if keep.len() < active.len() {
-            cache.select(&keep, decoder.device())?;
-            active = keep.iter().map(|&r| active[r as usize]).collect();
-        }
-        input = Tensor::new(next, decoder.device())?.unsqueeze(1)?;
-    }
+    let first = decoder.forward(&input, &mut cache)?;
+    let mut session = Cached { decoder, cache };
+    let seqs = decode(
+        first,
+        &mut session,
+        vec![prompt.to_vec(); rows],
+        params,
+        &stop.eos,
+        &row_seeds(seeds, n),
+    )?;
     let mut out: Vec<Vec<Generated>> = vec![Vec::with_capacity(n); images];
     for (r, tokens) in seqs.into_iter().enumerate() {
         out[r / n].push(Generated {
@@ -174,6 +215,91 @@ pub fn generate(
         });
     }
     Ok(out)
+}
+
+/// A batch being decoded one token at a time: what the shared loop needs of a model once its
+/// prompts are in.
+pub trait Decoding {
+    /// Feeds each active row its next token; returns the next logits, `[active rows, vocab]`.
+    fn step(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor>;
+    /// Keeps only these rows (indices among the active ones): finished rows leave the batch.
+    fn keep(&mut self, rows: &[u32]) -> candle_core::Result<()>;
+}
+
+/// A [`TextDecoder`] and its cache as a [`Decoding`].
+struct Cached<'a> {
+    decoder: &'a dyn TextDecoder,
+    cache: KvCache,
+}
+
+impl Decoding for Cached<'_> {
+    fn step(&mut self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(tokens, self.decoder.device())?.unsqueeze(1)?;
+        self.decoder
+            .forward(&ids, &mut self.cache)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn keep(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        self.cache
+            .select(rows, self.decoder.device())
+            .map_err(candle_core::Error::wrap)
+    }
+}
+
+/// Each row's sampling seed when every image has `n` rows: the image's seed, varied per row.
+pub fn row_seeds(image_seeds: &[u64], n: usize) -> Vec<u64> {
+    (0..image_seeds.len() * n)
+        .map(|r| image_seeds[r / n] ^ (r % n) as u64)
+        .collect()
+}
+
+/// The greedy and sampling loop: `first` are the logits after each row's prompt `seqs[r]`,
+/// `seeds` one sampling stream per row. A row ends at any of `eos` or after
+/// `params.max_new_tokens`; finished rows leave the batch. Returns each row's prompt followed
+/// by its new tokens (the stop token included when reached).
+pub fn decode(
+    first: Tensor,
+    model: &mut dyn Decoding,
+    mut seqs: Vec<Vec<u32>>,
+    params: &GenerationParams,
+    eos: &[u32],
+    seeds: &[u64],
+) -> Result<Vec<Vec<u32>>> {
+    let mut rngs: Vec<Rng> = (0..seqs.len())
+        .map(|r| Rng::new(seeds.get(r).copied().unwrap_or(0)))
+        .collect();
+    let mut active: Vec<usize> = (0..seqs.len()).collect();
+    let mut logits = first;
+    for step in 0..params.max_new_tokens {
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next = Vec::with_capacity(active.len());
+        for (row, mut scores) in rows.into_iter().enumerate() {
+            let seq = active[row];
+            logits::process(&mut scores, &seqs[seq], step, params, eos);
+            let token = if params.do_sample {
+                logits::warp(&mut scores, params);
+                rngs[seq].sample(&logits::softmax(&scores))
+            } else {
+                logits::argmax(&scores)
+            };
+            seqs[seq].push(token);
+            if !eos.contains(&token) {
+                keep.push(row as u32);
+                next.push(token);
+            }
+        }
+        if next.is_empty() || step + 1 == params.max_new_tokens {
+            break;
+        }
+        if keep.len() < active.len() {
+            model.keep(&keep)?;
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+        }
+        logits = model.step(&next)?;
+    }
+    Ok(seqs)
 }
 
 /// A small, fast, seedable generator (SplitMix64): reproducible sampling without a dependency.
@@ -218,4 +344,37 @@ pub fn seed_for(seed: u64, name: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_sets_the_defaults_and_flags_override_them() {
+        // Qwen3-VL-2B-Instruct's generation_config.json.
+        let config = serde_json::json!({
+            "bos_token_id": 151643, "pad_token_id": 151643, "do_sample": true,
+            "eos_token_id": [151645, 151643], "top_k": 20, "top_p": 0.8,
+            "repetition_penalty": 1.0, "temperature": 0.7
+        });
+        let p = GenerationParams::from_generation_config(&config, 256);
+        assert!(p.do_sample);
+        assert_eq!((p.top_k, p.top_p, p.temperature), (20, 0.8, 0.7));
+        assert_eq!((p.max_new_tokens, p.num_beams), (256, 1));
+        let o = Overrides {
+            temperature: Some(0.2),
+            max_new_tokens: Some(64),
+            ..Overrides::default()
+        };
+        let p = p.with(&o);
+        assert_eq!((p.temperature, p.max_new_tokens, p.top_k), (0.2, 64, 20));
+        // A config without sampling keys leaves transformers' defaults.
+        let p = GenerationParams::from_generation_config(
+            &serde_json::json!({"max_new_tokens": 9}),
+            256,
+        );
+        assert!(!p.do_sample);
+        assert_eq!((p.top_k, p.max_new_tokens), (50, 9));
+    }
 }

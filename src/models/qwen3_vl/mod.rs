@@ -6,13 +6,14 @@
 pub mod text;
 pub mod vision;
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::generation::{self, Decoding, GenerationParams};
 use crate::layers::rotary::{mrope_positions, Span};
 use crate::preprocess::patches::Patches;
-use text::{TextConfig, TextModel};
+use text::{TextCache, TextConfig, TextModel};
 use vision::{VisionConfig, VisionTower};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +40,7 @@ impl Qwen3VlConfig {
 }
 
 /// A prompt: token ids with one run of `image_token_id` per image, and the images' patches.
+#[derive(Debug, Clone)]
 pub struct Prompt {
     pub ids: Vec<u32>,
     pub images: Vec<Patches>,
@@ -116,15 +118,10 @@ impl Qwen3Vl {
         Ok(spans)
     }
 
-    /// Greedy decoding of a batch of prompts (left-padded together), `max_new` tokens at most,
-    /// stopping a row at any of `eos`. Returns each row's new tokens (its stop token included)
-    /// and the first step's logits `[batch, vocab]`.
-    pub fn generate_greedy(
-        &self,
-        prompts: &[Prompt],
-        max_new: usize,
-        eos: &[u32],
-    ) -> Result<(Vec<Vec<u32>>, Tensor)> {
+    /// Runs a batch of prompts (left-padded together) through the vision tower and the language
+    /// model: the session that decodes after them, and the logits of their last positions
+    /// `[batch, vocab]`.
+    pub fn prefill(&self, prompts: &[Prompt]) -> Result<(Session<'_>, Tensor)> {
         let b = prompts.len();
         let width = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         // The vision tower over every image of every row, in order.
@@ -196,32 +193,68 @@ impl Qwen3Vl {
         let deepstack = vision
             .as_ref()
             .map(|v| (&image_positions[..], &v.deepstack[..]));
-        let mut logits = self
+        let logits = self
             .text
             .forward(&embeds, &positions, &valid, deepstack, &mut cache)?;
-        let first = logits.clone();
-        let mut out = vec![Vec::new(); b];
-        let mut done = vec![false; b];
-        for step in 0..max_new {
-            let picked: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-            for (r, &t) in picked.iter().enumerate() {
-                if !done[r] {
-                    out[r].push(t);
-                    done[r] = eos.contains(&t);
-                }
-            }
-            if done.iter().all(|&d| d) || step + 1 == max_new {
-                break;
-            }
-            let ids = Tensor::from_vec(picked, (b, 1), &self.device)?;
-            let embeds = self.text.embed(&ids)?;
-            let positions: Vec<Vec<[i64; 3]>> =
-                next.iter().map(|&p| vec![[p + step as i64; 3]]).collect();
-            let valid = vec![vec![true]; b];
-            logits = self
-                .text
-                .forward(&embeds, &positions, &valid, None, &mut cache)?;
+        let session = Session {
+            model: self,
+            cache,
+            next,
+        };
+        Ok((session, logits))
+    }
+
+    /// Greedy decoding of a batch of prompts, `max_new` tokens at most, stopping a row at any of
+    /// `eos`. Returns each row's new tokens (its stop token included) and the first step's
+    /// logits `[batch, vocab]`.
+    pub fn generate_greedy(
+        &self,
+        prompts: &[Prompt],
+        max_new: usize,
+        eos: &[u32],
+    ) -> crate::Result<(Vec<Vec<u32>>, Tensor)> {
+        let (mut session, first) = self.prefill(prompts)?;
+        let params = GenerationParams {
+            max_new_tokens: max_new,
+            ..GenerationParams::default()
+        };
+        let seqs = prompts.iter().map(|p| p.ids.clone()).collect();
+        let out = generation::decode(first.clone(), &mut session, seqs, &params, eos, &[])?;
+        let new = out
+            .into_iter()
+            .zip(prompts)
+            .map(|(seq, p)| seq[p.ids.len()..].to_vec())
+            .collect();
+        Ok((new, first))
+    }
+}
+
+/// A batch decoding after [`Qwen3Vl::prefill`]: each row's cache and its next text position.
+pub struct Session<'a> {
+    model: &'a Qwen3Vl,
+    cache: TextCache,
+    /// Per active row, the M-RoPE position of the token it is fed next.
+    next: Vec<i64>,
+}
+
+impl Decoding for Session<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let m = self.model;
+        let b = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), &m.device)?;
+        let embeds = m.text.embed(&ids)?;
+        let positions: Vec<Vec<[i64; 3]>> = self.next.iter().map(|&p| vec![[p; 3]]).collect();
+        for p in &mut self.next {
+            *p += 1;
         }
-        Ok((out, first))
+        let valid = vec![vec![true]; b];
+        m.text
+            .forward(&embeds, &positions, &valid, None, &mut self.cache)
+    }
+
+    fn keep(&mut self, rows: &[u32]) -> Result<()> {
+        self.cache.select(rows)?;
+        self.next = rows.iter().map(|&r| self.next[r as usize]).collect();
+        Ok(())
     }
 }

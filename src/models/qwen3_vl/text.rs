@@ -7,6 +7,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::layers::decoder::{padded_causal_mask, AttentionShape, DecoderLayer, RmsNorm};
+use crate::layers::linear::Linear;
 use crate::layers::rotary::{MRope, Rotary};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,7 +73,7 @@ pub struct TextModel {
     embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: candle_nn::Linear,
+    lm_head: Linear,
     rotary: Rotary,
     device: Device,
 }
@@ -82,6 +83,24 @@ pub struct TextCache {
     pub layers: Vec<Option<(Tensor, Tensor)>>,
     /// Per row, per position so far: not padding.
     pub valid: Vec<Vec<bool>>,
+}
+
+impl TextCache {
+    /// Keeps only these rows, in this order.
+    pub fn select(&mut self, rows: &[u32]) -> Result<()> {
+        for layer in self.layers.iter_mut().flatten() {
+            let index = Tensor::new(rows, layer.0.device())?;
+            *layer = (
+                layer.0.index_select(&index, 0)?,
+                layer.1.index_select(&index, 0)?,
+            );
+        }
+        self.valid = rows
+            .iter()
+            .map(|&r| self.valid[r as usize].clone())
+            .collect();
+        Ok(())
+    }
 }
 
 impl TextModel {
@@ -116,7 +135,8 @@ impl TextModel {
             embed,
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
-            lm_head: candle_nn::Linear::new(head_weight, None),
+            // glance's layer: its few-rows path streams the vocabulary once per decode step.
+            lm_head: Linear::new(head_weight, None),
             rotary: cfg.rotary().map_err(candle_core::Error::msg)?,
             device: vb.device().clone(),
         })
