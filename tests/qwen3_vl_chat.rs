@@ -49,3 +49,201 @@ fn chat_prompts_and_replies_equal_transformers() {
     }
     assert_eq!(cases.len(), 2);
 }
+
+/// `glance caption` on the tiny Qwen3-VL, JSON lines on standard output.
+fn chat_caption(args: &[&str]) -> std::process::Output {
+    let model = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    common::glance()
+        .args(["caption", "-m"])
+        .arg(&model)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn photos(dir: &std::path::Path, names: &[&str]) {
+    for n in names {
+        std::fs::copy(common::shared_images().join(n), dir.join(n)).unwrap();
+    }
+}
+
+/// The records of a run, by file name; a run with failed inputs exits non-zero but still writes
+/// every record.
+fn records_by_file(out: &std::process::Output) -> Vec<(String, serde_json::Value)> {
+    assert!(
+        out.status.code().is_some_and(|c| c < 2) && !out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::stdout_records(out)
+        .into_iter()
+        .map(|r| {
+            let file = std::path::Path::new(r["file"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (file, r)
+        })
+        .collect()
+}
+
+#[test]
+fn glance_caption_with_a_chat_model_replies_as_transformers() {
+    let text = std::fs::read_to_string(
+        common::repo().join("tests/fixtures/qwen3-vl-tiny/chat_reference.json"),
+    )
+    .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let photo = case["photo"].as_str().unwrap();
+        photos(dir.path(), &[photo]);
+        let mut args = vec![
+            "--quiet",
+            "--max-new-tokens",
+            "12",
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+        ];
+        if let Some(system) = case["system"].as_str() {
+            args.extend(["--system", system]);
+        }
+        args.push(dir.path().to_str().unwrap());
+        let records = records_by_file(&chat_caption(&args));
+        assert_eq!(records.len(), 1);
+        let record = &records[0].1;
+        let reply = case["reply"].as_str().unwrap().trim();
+        assert_eq!(record["caption"], reply, "{photo}");
+        // A reply of 12 tokens without an end-of-sequence token was cut at the limit.
+        let new = common::ids(&case["new"]);
+        let cut = new.len() == 12 && ![2, 3].contains(new.last().unwrap());
+        assert_eq!(record["truncated"], cut, "{photo}");
+    }
+}
+
+#[test]
+fn chat_batches_equal_single_images_and_bad_images_become_error_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three grids (8x12, 6x14 and a JPEG's), and a file that is not an image.
+    photos(dir.path(), &["chelsea.png", "page.png", "rocket.jpg"]);
+    std::fs::write(dir.path().join("broken.png"), b"not a png").unwrap();
+    let input = dir.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--quiet", "--max-new-tokens", "8"];
+        args.extend_from_slice(extra);
+        args.push(input);
+        records_by_file(&chat_caption(&args))
+    };
+    let alone = run(&["--batch-size", "1"]);
+    let batched = run(&["--batch-size", "4"]);
+    assert_eq!(alone.len(), 4);
+    assert_eq!(alone, batched);
+    let broken = alone.iter().find(|(f, _)| f == "broken.png").unwrap();
+    assert!(broken.1["error"].is_string(), "{:?}", broken.1);
+    assert!(alone
+        .iter()
+        .filter(|(f, _)| f != "broken.png")
+        .all(|(_, r)| r["caption"].is_string() && r["truncated"].is_boolean()));
+
+    // Sampling: each image has its own stream, so batching changes nothing either, and a
+    // different seed changes the replies.
+    let sampled =
+        |seed: &str, batch: &str| run(&["--do-sample", "--seed", seed, "--batch-size", batch]);
+    let one = sampled("7", "1");
+    assert_eq!(one, sampled("7", "4"));
+    assert_ne!(one, sampled("8", "1"));
+    assert_ne!(one, alone);
+}
+
+#[test]
+fn the_pixel_budget_sets_the_image_tokens_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    photos(dir.path(), &["chelsea.png"]);
+    let input = dir.path().to_str().unwrap();
+    let stderr = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The checkpoint's own budget (25600 pixels) is below glance's cap: 8x12 patches, 24 tokens.
+    let default = stderr(chat_caption(&["--max-new-tokens", "2", input]));
+    assert!(
+        default.contains("image tokens in the first batch: 24 "),
+        "{default}"
+    );
+    let smaller = stderr(chat_caption(&[
+        "--max-new-tokens",
+        "2",
+        "--max-pixels",
+        "8192",
+        input,
+    ]));
+    assert!(
+        smaller.contains("image tokens in the first batch: 6 "),
+        "{smaller}"
+    );
+    let out = chat_caption(&["--min-pixels", "9000", "--max-pixels", "8192", input]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--min-pixels 9000 is above --max-pixels 8192"),
+        "{err}"
+    );
+}
+
+#[test]
+fn chat_prompts_come_from_presets_files_and_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    photos(dir.path(), &["chelsea.png"]);
+    let input = dir.path().join("chelsea.png");
+    let input = input.to_str().unwrap();
+    let caption = |args: &[&str]| {
+        let mut all = vec!["--quiet", "--max-new-tokens", "6"];
+        all.extend_from_slice(args);
+        all.push(input);
+        records_by_file(&chat_caption(&all))[0].1["caption"].clone()
+    };
+    // The default instruction is the "caption" preset; a file holding its text is the same.
+    let default = caption(&[]);
+    let preset = dir.path().join("mine.txt");
+    std::fs::write(&preset, "# my own\nDescribe this image in one sentence.\n").unwrap();
+    assert_eq!(
+        default,
+        caption(&["--prompt-file", preset.to_str().unwrap()])
+    );
+    assert_eq!(default, caption(&["--prompt-file", "caption"]));
+    assert_ne!(default, caption(&["--prompt-file", "tags"]));
+
+    // A pipeline's caption stage runs the chat model with the same options.
+    let model = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    let pipeline = dir.path().join("chat.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[[stage]]\ntask = \"caption\"\nmodel = {model:?}\nprompt_file = \"caption\"\nmax_new_tokens = 6\ngreedy = true\n"
+        ),
+    )
+    .unwrap();
+    let out = common::succeed(
+        common::glance()
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .arg(input),
+    );
+    assert_eq!(common::stdout_records(&out)[0]["caption"], default);
+
+    // Chat-only flags are refused for captioners, naming the flag.
+    let out = common::glance()
+        .args(["caption", "--system", "Be brief.", "-m"])
+        .arg(common::blip_tiny())
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--system is for chat models"), "{err}");
+}

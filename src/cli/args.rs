@@ -265,42 +265,85 @@ pub struct PipelineArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerationArgs {
-    /// Conditional captioning: the caption continues this text (and includes it).
+    /// Chat models (Qwen3-VL): the instruction, default the "caption" preset. Captioners (BLIP,
+    /// encoder–decoders): a prefix the caption continues (and includes).
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Most new tokens per caption (default: the model's max_length, 20 for BLIP, minus the prompt).
+    /// Chat models: the instruction from a file, or a shipped preset by name: caption (one
+    /// sentence), detailed, tags, training (prompts/README.md).
+    #[arg(long, value_name = "FILE|NAME", conflicts_with = "prompt")]
+    pub prompt_file: Option<String>,
+    /// Chat models: a system message before the image and instruction.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Chat models: resize larger images to at most this many pixels, keeping the aspect ratio
+    /// (default 1048576, about 1k image tokens, or the model's own limit if lower; the
+    /// checkpoints allow 16.7 M, about 16k tokens and much slower).
+    #[arg(long, value_name = "N")]
+    pub max_pixels: Option<u64>,
+    /// Chat models: enlarge smaller images to at least this many pixels (default: the model's).
+    #[arg(long, value_name = "N")]
+    pub min_pixels: Option<u64>,
+    /// Most new tokens per caption (default: the model's generation_config; max_length 20 in
+    /// all for BLIP; 256 for chat models). Records of chat models say "truncated" when a reply
+    /// reached it.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Fewest new tokens before the caption may end.
-    #[arg(long, default_value_t = 0)]
-    pub min_new_tokens: usize,
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
     /// Beam search with this many beams (1 = greedy; default: the model's generation_config, else 1).
     #[arg(long)]
     pub num_beams: Option<usize>,
     /// Beam search length penalty: > 0 favours longer captions, < 0 shorter.
-    #[arg(long, default_value_t = 1.0)]
-    pub length_penalty: f32,
-    /// Sample instead of choosing the most likely token.
+    #[arg(long)]
+    pub length_penalty: Option<f32>,
+    /// Sample instead of choosing the most likely token (chat models sample by default when
+    /// their generation_config says so, as Qwen3-VL's does).
     #[arg(long)]
     pub do_sample: bool,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Sample among the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 50)]
-    pub top_k: usize,
-    /// Sample among the most likely tokens holding this much probability.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    /// Always take the most likely token, whatever the model's generation_config says.
+    #[arg(long, conflicts_with = "do_sample")]
+    pub greedy: bool,
+    /// Sampling temperature (default: the model's generation_config, else 1).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample among the K most likely tokens, 0 = all (default: the model's, else 50).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens holding this much probability (default: the model's,
+    /// else 1).
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Seed for sampling (each image gets its own stream derived from it and its path).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Penalise tokens already in the caption (> 1 discourages repetition).
-    #[arg(long, default_value_t = 1.0)]
-    pub repetition_penalty: f32,
+    /// Penalise tokens already in the prompt and caption, > 1 discourages repetition (default:
+    /// the model's, else 1).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
     /// Captions per image (sampling or beam search); the first is `caption`, all are in `captions`.
     #[arg(long, default_value_t = 1)]
     pub num_return_sequences: usize,
+}
+
+impl GenerationArgs {
+    /// The choices the user made, over a model's defaults.
+    pub fn overrides(&self) -> glance::generation::Overrides {
+        glance::generation::Overrides {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            do_sample: self.do_sample.then_some(true),
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            num_return_sequences: Some(self.num_return_sequences),
+            seed: Some(self.seed),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -207,6 +207,8 @@ pub enum Architecture {
     Siglip(Box<siglip::SiglipConfig>),
     VisionEncoderDecoder(Box<vision_encoder_decoder::VisionEncoderDecoderConfig>),
     ImageClassifier(Box<ClassifierConfig>),
+    /// An instruction-following vision–language model (run by [`crate::tasks::chat`]).
+    Qwen3Vl(Box<qwen3_vl::Qwen3VlConfig>),
 }
 
 /// `architectures` values glance supports, for error messages.
@@ -220,6 +222,7 @@ pub const SUPPORTED: &[&str] = &[
     "DeiTForImageClassificationWithTeacher",
     "ResNetForImageClassification",
     "ConvNextForImageClassification",
+    "Qwen3VLForConditionalGeneration",
 ];
 
 impl Architecture {
@@ -266,6 +269,9 @@ impl Architecture {
                 Ok(Self::ImageClassifier(Box::new(ClassifierConfig::parse(
                     config, backbone, model,
                 )?)))
+            }
+            (Some("Qwen3VLForConditionalGeneration"), _) | (None, Some("qwen3_vl")) => {
+                Ok(Self::Qwen3Vl(parse(config, model)?))
             }
             (Some("ConvNextForImageClassification"), _) => {
                 let backbone = ClassifierBackbone::ConvNext(*parse(config, model)?);

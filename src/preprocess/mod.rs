@@ -15,6 +15,45 @@ pub mod patches;
 mod resample;
 pub use resample::Filter;
 
+/// What a stage asks of each image: pixels of one fixed size (most models), or Qwen-VL patches
+/// at the image's own aspect ratio within a pixel budget.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageProcessor {
+    Fixed(Preprocessor),
+    Patches(patches::PatchProcessor),
+}
+
+/// An image as an [`ImageProcessor`] made it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    /// `3 * height * width` floats, channels first.
+    Chw(Vec<f32>),
+    Patches(patches::Patches),
+}
+
+impl ImageProcessor {
+    /// The image's pixels, or why this processor cannot take it (Qwen's processor refuses
+    /// extreme aspect ratios).
+    pub fn apply(&self, image: &RgbImage) -> std::result::Result<Pixels, String> {
+        match self {
+            Self::Fixed(p) => Ok(Pixels::Chw(p.apply(image))),
+            Self::Patches(p) => p
+                .apply(image, p.min_pixels, p.max_pixels)
+                .map(Pixels::Patches),
+        }
+    }
+}
+
+impl Pixels {
+    /// The values: CHW pixels, or the patch rows.
+    pub fn values(&self) -> &[f32] {
+        match self {
+            Self::Chw(v) => v,
+            Self::Patches(p) => &p.values,
+        }
+    }
+}
+
 /// A size as transformers writes it: `{"height", "width"}`, `{"shortest_edge"}` or a bare int.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(untagged)]

@@ -35,7 +35,7 @@ fn two() -> usize {
 }
 
 /// A Qwen-VL image processor.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PatchProcessor {
     /// Rescale, normalize and the resampling filter; its own size is not used.
     pixels: Preprocessor,

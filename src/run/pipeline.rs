@@ -23,9 +23,11 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::generation::GenerationParams;
+use crate::generation::{GenerationParams, Overrides};
 use crate::load::hub::{ModelFiles, ModelSource};
+use crate::load::read_json;
 use crate::tasks::caption::{CaptionStage, Captioner};
+use crate::tasks::chat::{is_chat_model, ChatCaptioner, ChatOptions, ChatStage};
 use crate::tasks::classify::{default_threshold, load_recognizer, ClassifyStage, Mode, Recognizer};
 use crate::tasks::prompts;
 use crate::tasks::Stage;
@@ -142,6 +144,15 @@ pub struct LabelSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CaptionSpec {
     pub prompt: Option<String>,
+    /// Chat models: an instruction file (relative to the pipeline file) or a shipped preset.
+    pub prompt_file: Option<String>,
+    /// Chat models: a system message.
+    pub system: Option<String>,
+    /// Chat models: the pixel budget per image.
+    pub max_pixels: Option<u64>,
+    pub min_pixels: Option<u64>,
+    /// Chat models: the most likely token, whatever the checkpoint's sampling settings.
+    pub greedy: Option<bool>,
     pub max_new_tokens: Option<usize>,
     pub min_new_tokens: Option<usize>,
     pub num_beams: Option<usize>,
@@ -160,21 +171,49 @@ pub struct CaptionSpec {
 }
 
 impl CaptionSpec {
-    pub fn params(&self) -> GenerationParams {
-        let d = GenerationParams::default();
-        GenerationParams {
-            min_new_tokens: self.min_new_tokens.unwrap_or(d.min_new_tokens),
-            num_beams: self.num_beams.unwrap_or(d.num_beams),
-            length_penalty: self.length_penalty.unwrap_or(d.length_penalty),
-            do_sample: self.do_sample.unwrap_or(d.do_sample),
-            temperature: self.temperature.unwrap_or(d.temperature),
-            top_k: self.top_k.unwrap_or(d.top_k),
-            top_p: self.top_p.unwrap_or(d.top_p),
-            seed: self.seed.unwrap_or(d.seed),
-            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
-            num_return_sequences: self.num_return_sequences.unwrap_or(d.num_return_sequences),
-            ..d
+    /// The decoding options the stage sets.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            do_sample: self.do_sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            num_return_sequences: self.num_return_sequences,
+            seed: self.seed,
         }
+    }
+
+    /// The options over transformers' defaults (captioners).
+    pub fn params(&self) -> GenerationParams {
+        GenerationParams::default().with(&self.overrides())
+    }
+
+    /// The options of a chat-model stage; `base` is the pipeline file's folder.
+    fn chat_options(&self, base: &Path) -> Result<ChatOptions> {
+        let instruction = match (&self.prompt, &self.prompt_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Options(
+                    "give prompt or prompt_file, not both".into(),
+                ))
+            }
+            (Some(text), None) => text.clone(),
+            (None, Some(spec)) => prompts::instruction(&resolve(base, spec).to_string_lossy())?,
+            (None, None) => prompts::instruction(prompts::DEFAULT_INSTRUCTION)?,
+        };
+        Ok(ChatOptions {
+            instruction,
+            system: self.system.clone(),
+            min_pixels: self.min_pixels,
+            max_pixels: self.max_pixels,
+            generation: self.overrides(),
+            greedy: self.greedy.unwrap_or(false),
+            quiet: true,
+        })
     }
 }
 
@@ -247,6 +286,11 @@ fn check_stage_keys(doc: &toml::Table) -> std::result::Result<(), String> {
         let own: &[&str] = match task {
             "caption" => &[
                 "prompt",
+                "prompt_file",
+                "system",
+                "max_pixels",
+                "min_pixels",
+                "greedy",
                 "max_new_tokens",
                 "min_new_tokens",
                 "num_beams",
@@ -418,6 +462,31 @@ impl StageSpec {
                 ..
             } => {
                 let files = model_files(model, revision, DEFAULT_CAPTION_MODEL)?;
+                if is_chat_model(&read_json(&files.get("config.json")?)?) {
+                    if options.rerank.is_some() {
+                        return Err(Error::Options(format!(
+                            "stage {}: rerank works with captioners, not yet with chat models",
+                            self.name()
+                        )));
+                    }
+                    let captioner = ChatCaptioner::load(&files, device, dtype)?;
+                    let mut stage = ChatStage::new(captioner, options.chat_options(base)?)?;
+                    stage.name = self.name();
+                    return Ok(Box::new(stage));
+                }
+                let chat_only = [
+                    ("prompt_file", options.prompt_file.is_some()),
+                    ("system", options.system.is_some()),
+                    ("max_pixels", options.max_pixels.is_some()),
+                    ("min_pixels", options.min_pixels.is_some()),
+                ];
+                if let Some((key, _)) = chat_only.iter().find(|(_, given)| *given) {
+                    return Err(Error::Options(format!(
+                        "stage {}: {key} is for chat models (Qwen3-VL), not {}",
+                        self.name(),
+                        files.source().name()
+                    )));
+                }
                 let captioner = Captioner::load(&files, device, dtype)?;
                 let mut stage = CaptionStage::new(
                     captioner,

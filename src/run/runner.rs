@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::kernels::on_compute_pool;
 use crate::output::{is_broken_pipe, Record, RecordSink, ResumeState, Summary};
-use crate::preprocess::Preprocessor;
+use crate::preprocess::ImageProcessor;
 use crate::run::inputs::Input;
 use crate::tasks::{Prepared, Stage};
 
@@ -214,18 +214,18 @@ fn split(items: Vec<Item>) -> (Vec<Input>, Vec<Prepared>, Vec<Option<Record>>) {
 }
 
 /// The run's distinct preprocessors and, per stage, the indices of its own among them.
-fn distinct_preprocessors(stages: &[&mut dyn Stage]) -> (Vec<Preprocessor>, Vec<Vec<usize>>) {
-    let mut distinct: Vec<Preprocessor> = Vec::new();
+fn distinct_preprocessors(stages: &[&mut dyn Stage]) -> (Vec<ImageProcessor>, Vec<Vec<usize>>) {
+    let mut distinct: Vec<ImageProcessor> = Vec::new();
     let indices = stages
         .iter()
         .map(|stage| {
             stage
                 .preprocessors()
                 .into_iter()
-                .map(|p| match distinct.iter().position(|q| q == p) {
+                .map(|p| match distinct.iter().position(|q| *q == p) {
                     Some(i) => i,
                     None => {
-                        distinct.push(p.clone());
+                        distinct.push(p);
                         distinct.len() - 1
                     }
                 })
@@ -235,24 +235,28 @@ fn distinct_preprocessors(stages: &[&mut dyn Stage]) -> (Vec<Preprocessor>, Vec<
     (distinct, indices)
 }
 
-fn prepare(input: &Input, preprocessors: &[Preprocessor], max_pixels: u64) -> Item {
+fn prepare(input: &Input, preprocessors: &[ImageProcessor], max_pixels: u64) -> Item {
     // A panic in a decoder is a bug in a dependency; it must not take the run down.
     let decoded =
         std::panic::catch_unwind(|| crate::preprocess::decode::decode(&input.path, max_pixels))
             .unwrap_or_else(|_| Err("the image decoder crashed on this file".to_string()));
-    match decoded {
-        Ok(d) => {
-            let pixels = preprocessors.iter().map(|p| p.apply(&d.rgb)).collect();
-            Item::Ready(
-                input.clone(),
-                Prepared {
-                    name: input.display.clone(),
-                    width: d.width,
-                    height: d.height,
-                    pixels,
-                },
-            )
-        }
+    let prepared = decoded.and_then(|d| {
+        let pixels = preprocessors
+            .iter()
+            .map(|p| p.apply(&d.rgb))
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        Ok((d, pixels))
+    });
+    match prepared {
+        Ok((d, pixels)) => Item::Ready(
+            input.clone(),
+            Prepared {
+                name: input.display.clone(),
+                width: d.width,
+                height: d.height,
+                pixels,
+            },
+        ),
         Err(message) => Item::Failed(
             Record::new(input.display.clone())
                 .with_path(input.path.clone())
@@ -307,12 +311,14 @@ mod tests {
     /// A stage that only names its preprocessors.
     struct Reads(Vec<Preprocessor>);
 
+    use crate::preprocess::Preprocessor;
+
     impl Stage for Reads {
         fn name(&self) -> &str {
             "reads"
         }
-        fn preprocessors(&self) -> Vec<&Preprocessor> {
-            self.0.iter().collect()
+        fn preprocessors(&self) -> Vec<ImageProcessor> {
+            self.0.iter().cloned().map(ImageProcessor::Fixed).collect()
         }
         fn run(&mut self, _: &[Prepared], _: &[usize]) -> crate::Result<Vec<Map<String, Value>>> {
             unreachable!()
@@ -328,7 +334,8 @@ mod tests {
         let mut caption = Reads(vec![at(384), at(224)]);
         let mut tags = Reads(vec![at(224)]);
         let (distinct, indices) = distinct_preprocessors(&[&mut caption, &mut tags]);
-        assert_eq!(distinct, vec![at(384), at(224)]);
+        let fixed = |size| ImageProcessor::Fixed(at(size));
+        assert_eq!(distinct, vec![fixed(384), fixed(224)]);
         assert_eq!(indices, vec![vec![0, 1], vec![1]]);
     }
 }

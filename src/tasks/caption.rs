@@ -10,7 +10,7 @@ use crate::generation::{self, GenerationParams};
 use crate::load::hub::ModelFiles;
 use crate::load::{load_tokenizer, read_json, weights};
 use crate::models::{self, Architecture, CaptionParts, PromptStyle, StopTokens};
-use crate::preprocess::{Preprocessor, PreprocessorConfig};
+use crate::preprocess::{ImageProcessor, Preprocessor, PreprocessorConfig};
 use crate::tasks::clip_score::ClipScorer;
 use crate::timings;
 
@@ -68,6 +68,11 @@ impl Captioner {
                     kind: "an image classifier",
                     command: "classify",
                 })
+            }
+            Architecture::Qwen3Vl(_) => {
+                return Err(Error::Options(format!(
+                    "{name} is a chat model: load it with tasks::chat::ChatCaptioner"
+                )))
             }
             Architecture::Clip(_) | Architecture::Siglip(_) => {
                 return Err(Error::WrongTask {
@@ -343,10 +348,12 @@ impl crate::tasks::Stage for CaptionStage {
         &self.name
     }
 
-    fn preprocessors(&self) -> Vec<&Preprocessor> {
+    fn preprocessors(&self) -> Vec<ImageProcessor> {
         let mut own = vec![self.captioner.preprocessor()];
         own.extend(self.reranker.as_ref().map(|judge| judge.preprocessor()));
-        own
+        own.into_iter()
+            .map(|p| ImageProcessor::Fixed(p.clone()))
+            .collect()
     }
 
     fn run(
@@ -355,10 +362,7 @@ impl crate::tasks::Stage for CaptionStage {
         pixels: &[usize],
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
         let of = |k: usize| -> Vec<&[f32]> {
-            batch
-                .iter()
-                .map(|p| p.pixels[pixels[k]].as_slice())
-                .collect()
+            batch.iter().map(|p| p.pixels[pixels[k]].values()).collect()
         };
         let tensor = self.captioner.pixels_to_tensor(&of(0))?;
         let seeds: Vec<u64> = batch

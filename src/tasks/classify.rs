@@ -10,7 +10,7 @@ use crate::load::hub::ModelFiles;
 use crate::load::{read_json, weights};
 use crate::models::{Architecture, ClassifierConfig, ImageClassifier, Scoring};
 use crate::output::{number, UNKNOWN};
-use crate::preprocess::{Preprocessor, PreprocessorConfig};
+use crate::preprocess::{ImageProcessor, Preprocessor, PreprocessorConfig};
 use crate::tasks::zero_shot::{load_image_text, ImageTextModel, PromptStats};
 use crate::tasks::{Prepared, Stage};
 use crate::timings;
@@ -364,18 +364,16 @@ impl Stage for ClassifyStage {
         &self.name
     }
 
-    fn preprocessors(&self) -> Vec<&Preprocessor> {
-        vec![match &self.scorer {
+    fn preprocessors(&self) -> Vec<ImageProcessor> {
+        let own = match &self.scorer {
             Scorer::ZeroShot { model, .. } => model.preprocessor(),
             Scorer::ClosedSet(model) => model.preprocessor(),
-        }]
+        };
+        vec![ImageProcessor::Fixed(own.clone())]
     }
 
     fn run(&mut self, batch: &[Prepared], pixels: &[usize]) -> Result<Vec<Map<String, Value>>> {
-        let pixels: Vec<&[f32]> = batch
-            .iter()
-            .map(|p| p.pixels[pixels[0]].as_slice())
-            .collect();
+        let pixels: Vec<&[f32]> = batch.iter().map(|p| p.pixels[pixels[0]].values()).collect();
         let rows = self.score_pixels(&pixels)?;
         Ok(rows.iter().map(|row| self.fields(row)).collect())
     }

@@ -5,6 +5,7 @@
 //! loading and output's record values, never the runner or the CLI.
 
 pub mod caption;
+pub mod chat;
 pub mod classify;
 pub mod clip_score;
 pub mod prompts;
@@ -12,7 +13,7 @@ pub mod zero_shot;
 
 use serde_json::{Map, Value};
 
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{ImageProcessor, Pixels};
 
 /// One image ready for the stages: its pixels for each distinct preprocessor of the run. The
 /// decoded image itself is dropped once they are made: a 12-megapixel photo is 36 MB of RGB
@@ -22,8 +23,9 @@ pub struct Prepared {
     pub name: String,
     pub width: u32,
     pub height: u32,
-    /// CHW buffers; a stage learns which are its own from the indices [`Stage::run`] gets.
-    pub pixels: Vec<Vec<f32>>,
+    /// One per image processor of the run; a stage learns which are its own from the indices
+    /// [`Stage::run`] gets.
+    pub pixels: Vec<Pixels>,
 }
 
 /// A step of a run: turns a batch of prepared images into record fields, one map per image.
@@ -33,7 +35,7 @@ pub trait Stage: Send {
     fn name(&self) -> &str;
     /// The image processors whose pixels the stage reads: its model's, and a judge's where it
     /// has one (a caption stage that reranks).
-    fn preprocessors(&self) -> Vec<&Preprocessor>;
+    fn preprocessors(&self) -> Vec<ImageProcessor>;
     /// `pixels[k]` is the `Prepared::pixels` entry made by the stage's `k`-th preprocessor.
     fn run(
         &mut self,

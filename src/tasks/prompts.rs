@@ -20,6 +20,26 @@ const VOCABS: &[(&str, &str)] = &[
     ("coco", include_str!("../../prompts/vocab/coco.txt")),
 ];
 
+/// Shipped instructions for chat models, by name (`prompts/instructions/NAME.txt`).
+const INSTRUCTIONS: &[(&str, &str)] = &[
+    (
+        "caption",
+        include_str!("../../prompts/instructions/caption.txt"),
+    ),
+    (
+        "detailed",
+        include_str!("../../prompts/instructions/detailed.txt"),
+    ),
+    ("tags", include_str!("../../prompts/instructions/tags.txt")),
+    (
+        "training",
+        include_str!("../../prompts/instructions/training.txt"),
+    ),
+];
+
+/// The instruction chat models get when none is given.
+pub const DEFAULT_INSTRUCTION: &str = "caption";
+
 /// The template ensemble used when none is given.
 pub const DEFAULT_TEMPLATES: &str = "default";
 /// The vocabulary `glance label` uses when none is given.
@@ -64,6 +84,32 @@ fn shipped_or_file(spec: &str, shipped: &[(&str, &str)], what: &str) -> Result<V
         "{what} '{spec}' is neither a file nor a shipped one ({})",
         names.join(", ")
     )))
+}
+
+/// An instruction from a file or a shipped one's name: the text without its `#` comment lines,
+/// trimmed.
+pub fn instruction(spec: &str) -> Result<String> {
+    let path = Path::new(spec);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+    } else if let Some((_, text)) = INSTRUCTIONS.iter().find(|(name, _)| *name == spec) {
+        text.to_string()
+    } else {
+        let names: Vec<&str> = INSTRUCTIONS.iter().map(|(n, _)| *n).collect();
+        return Err(Error::Options(format!(
+            "prompt '{spec}' is neither a file nor a shipped one ({})",
+            names.join(", ")
+        )));
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let instruction = kept.join("\n").trim().to_string();
+    if instruction.is_empty() {
+        return Err(Error::Options(format!("prompt '{spec}' is empty")));
+    }
+    Ok(instruction)
 }
 
 /// Templates from a file or a shipped set's name, checked (see [`check_templates`]).
@@ -170,6 +216,30 @@ mod tests {
         assert!(vocab("everyday").unwrap().len() >= 200);
         let err = vocab("nonesuch").unwrap_err().to_string();
         assert!(err.contains("'nonesuch'") && err.contains("coco"), "{err}");
+    }
+
+    #[test]
+    fn shipped_instructions_load_without_their_comments() {
+        for (name, _) in INSTRUCTIONS {
+            let text = instruction(name).unwrap();
+            assert!(!text.contains('#') && text.len() > 20, "{name}: {text}");
+        }
+        assert_eq!(
+            instruction(DEFAULT_INSTRUCTION).unwrap(),
+            "Describe this image in one sentence."
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.txt");
+        std::fs::write(&path, "# mine\nName the animal.\nOne word.\n").unwrap();
+        assert_eq!(
+            instruction(path.to_str().unwrap()).unwrap(),
+            "Name the animal.\nOne word."
+        );
+        let err = instruction("nonesuch").unwrap_err().to_string();
+        assert!(
+            err.contains("'nonesuch'") && err.contains("detailed"),
+            "{err}"
+        );
     }
 
     #[test]

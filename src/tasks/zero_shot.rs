@@ -66,7 +66,9 @@ pub fn load_image_text(
                 command: "classify (without --labels)",
             })
         }
-        Architecture::Blip(_) | Architecture::VisionEncoderDecoder(_) => {
+        Architecture::Blip(_)
+        | Architecture::VisionEncoderDecoder(_)
+        | Architecture::Qwen3Vl(_) => {
             return Err(Error::WrongTask {
                 model: name,
                 kind: "a captioning model",
