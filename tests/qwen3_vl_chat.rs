@@ -247,3 +247,61 @@ fn chat_prompts_come_from_presets_files_and_pipelines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--system is for chat models"), "{err}");
 }
+
+#[test]
+fn chat_captions_go_to_sidecars_csv_and_resume_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    photos(dir.path(), &["chelsea.png", "page.png"]);
+    let input = dir.path().to_str().unwrap();
+    let model = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    let run = |args: &[&str]| {
+        common::succeed(
+            common::glance()
+                .args(["caption", "--quiet", "--max-new-tokens", "6", "-m"])
+                .arg(&model)
+                .args(args)
+                .arg(input),
+        )
+    };
+    // JSON lines first: the reference captions.
+    let jsonl = dir.path().join("out.jsonl");
+    run(&["-o", jsonl.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let first: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(first.len(), 2);
+
+    // A new image, then --resume: only it is captioned, once.
+    photos(dir.path(), &["rocket.jpg"]);
+    run(&["-o", jsonl.to_str().unwrap(), "--resume"]);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let all: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(all.len(), 3, "{text}");
+    assert_eq!(all[..2], first[..]);
+    assert!(all[2]["file"].as_str().unwrap().ends_with("rocket.jpg"));
+
+    // Sidecars hold the same captions; CSV has them under "caption".
+    run(&["--format", "txt"]);
+    for record in &all {
+        let image = std::path::Path::new(record["file"].as_str().unwrap());
+        let sidecar = std::fs::read_to_string(image.with_extension("txt")).unwrap();
+        assert_eq!(sidecar.trim_end(), record["caption"].as_str().unwrap());
+    }
+    let csv = dir.path().join("out.csv");
+    run(&["-o", csv.to_str().unwrap()]);
+    let mut reader = csv::Reader::from_path(&csv).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let column = headers.iter().position(|h| h == "caption").unwrap();
+    let mut captions: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[column].to_string())
+        .collect();
+    let mut expected: Vec<String> = all
+        .iter()
+        .map(|r| r["caption"].as_str().unwrap().to_string())
+        .collect();
+    captions.sort();
+    expected.sort();
+    assert_eq!(captions, expected);
+}
