@@ -267,16 +267,20 @@ fn chat_captions_go_to_sidecars_csv_and_resume_without_duplicates() {
     let jsonl = dir.path().join("out.jsonl");
     run(&["-o", jsonl.to_str().unwrap()]);
     let text = std::fs::read_to_string(&jsonl).unwrap();
-    let first: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(first.len(), 2);
 
     // A new image, then --resume: only it is captioned, once.
     photos(dir.path(), &["rocket.jpg"]);
     run(&["-o", jsonl.to_str().unwrap(), "--resume"]);
     let text = std::fs::read_to_string(&jsonl).unwrap();
-    let all: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(all.len(), 3, "{text}");
     assert_eq!(all[..2], first[..]);
     assert!(all[2]["file"].as_str().unwrap().ends_with("rocket.jpg"));
@@ -304,4 +308,56 @@ fn chat_captions_go_to_sidecars_csv_and_resume_without_duplicates() {
     captions.sort();
     expected.sort();
     assert_eq!(captions, expected);
+}
+
+#[test]
+fn hub_layout_of_qwen3_vl_gives_the_same_replies() {
+    // The Hub's Qwen3-VL repositories were written by transformers 4.57: `rope_scaling` and a
+    // separate `rope_theta` in text_config, nothing about rotary in vision_config, `null`s
+    // where 5 writes nothing, and the chat template in chat_template.json.
+    let fixture = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    let hub = tempfile::tempdir().unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture.join(f), hub.path().join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let text = config["text_config"].as_object_mut().unwrap();
+    let mut rope = text.remove("rope_parameters").unwrap();
+    let theta = rope.as_object_mut().unwrap().remove("rope_theta").unwrap();
+    text.insert("rope_scaling".into(), rope);
+    text.insert("rope_theta".into(), theta);
+    text.insert("pad_token_id".into(), serde_json::Value::Null);
+    config["vision_config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rope_parameters");
+    config["transformers_version"] = "4.57.0.dev0".into();
+    std::fs::write(hub.path().join("config.json"), config.to_string()).unwrap();
+    let template = std::fs::read_to_string(fixture.join("chat_template.jinja")).unwrap();
+    std::fs::write(
+        hub.path().join("chat_template.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    photos(dir.path(), &["chelsea.png", "page.png"]);
+    let caption = |model: &std::path::Path| {
+        let out = common::succeed(
+            common::glance()
+                .args(["caption", "--quiet", "--max-new-tokens", "10", "-m"])
+                .arg(model)
+                .arg(dir.path()),
+        );
+        common::stdout_records(&out)
+    };
+    assert_eq!(caption(hub.path()), caption(&fixture));
 }
