@@ -361,3 +361,82 @@ fn hub_layout_of_qwen3_vl_gives_the_same_replies() {
     };
     assert_eq!(caption(hub.path()), caption(&fixture));
 }
+
+#[test]
+fn a_bf16_checkpoint_runs_in_f32_with_its_exact_values() {
+    // The Hub's Qwen3-VL weights are bf16. glance reads them into f32 in one pass from the
+    // file's mapping; candle's own loader and conversion must give the same reply, bit for bit
+    // (a bf16 value is exact in f32).
+    let fixture = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    let bf16 = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name != "model.safetensors" {
+            std::fs::copy(&path, bf16.path().join(name)).unwrap();
+        }
+    }
+    let tensors = candle_core::safetensors::load(
+        fixture.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(candle_core::DType::BF16).unwrap()))
+        .collect();
+    let weights = bf16.path().join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    photos(dir.path(), &["chelsea.png"]);
+    let prompt = "Describe this image.";
+    let out = common::succeed(
+        common::glance()
+            .args([
+                "caption",
+                "--quiet",
+                "--max-new-tokens",
+                "10",
+                "--prompt",
+                prompt,
+                "-m",
+            ])
+            .arg(bf16.path())
+            .arg(dir.path()),
+    );
+    let caption = common::stdout_records(&out)[0]["caption"].clone();
+
+    let files = ModelFiles::new(ModelSource::Local(bf16.path().to_path_buf())).unwrap();
+    let template = ChatTemplate::from_files(&files).unwrap();
+    let tokenizer = glance::load::load_tokenizer(&files).unwrap();
+    let (_, proc) = common::qwen3_vl_tiny();
+    let cfg: glance::models::qwen3_vl::Qwen3VlConfig =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[weights],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let model = glance::models::qwen3_vl::Qwen3Vl::new(&cfg, vb).unwrap();
+    let patches = common::qwen_patches(&proc, "chelsea.png");
+    let rendered = template.render_image_prompt(None, prompt).unwrap();
+    let expanded = rendered.replace("<|image_pad|>", &"<|image_pad|>".repeat(patches.tokens(2)));
+    let ids = tokenizer.encode(expanded, true).unwrap().get_ids().to_vec();
+    let (new, _) = model
+        .generate_greedy(
+            &[Prompt {
+                ids,
+                images: vec![patches],
+            }],
+            10,
+            &[2, 3],
+        )
+        .unwrap();
+    let reply = tokenizer.decode(&new[0], true).unwrap();
+    assert_eq!(caption, reply.trim());
+}

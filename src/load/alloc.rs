@@ -80,9 +80,11 @@ pub(crate) fn map_file(_: &std::fs::File, _: usize) -> Option<*mut u8> {
 }
 
 /// Gives the whole pages inside a freed mapped buffer back to the kernel (they stay in the page
-/// cache); partial pages at its ends may hold a neighbouring tensor and are kept.
+/// cache); partial pages at its ends may hold a neighbouring tensor and are kept. Also for a
+/// tensor read once out of a mapping (converted to another dtype), whose pages would otherwise
+/// count in the process's memory for its whole life.
 #[cfg(unix)]
-fn release(ptr: *mut u8, size: usize) {
+pub(crate) fn release(ptr: *mut u8, size: usize) {
     const PAGE: usize = 4096;
     let start = (ptr as usize).next_multiple_of(PAGE);
     let end = (ptr as usize + size) / PAGE * PAGE;
@@ -93,7 +95,7 @@ fn release(ptr: *mut u8, size: usize) {
 }
 
 #[cfg(not(unix))]
-fn release(_: *mut u8, _: usize) {}
+pub(crate) fn release(_: *mut u8, _: usize) {}
 
 #[cfg(not(target_env = "msvc"))]
 const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
