@@ -144,7 +144,15 @@ impl SelfAttention {
         };
         *cache = Some((k.clone(), v.clone()));
         let groups = s.heads / s.kv_heads;
-        let out = attention::attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, mask)?;
+        let out = match n {
+            // One new position: a group's query heads become rows of one query block against
+            // their shared key/value head, so the cache is read as it is, not copied per head.
+            1 => {
+                let q = q.reshape((b, s.kv_heads, groups, s.head_dim))?;
+                attention::attention(&q, &k, &v, mask)?.reshape((b, s.heads, 1, s.head_dim))?
+            }
+            _ => attention::attention(&q, &repeat_kv(&k, groups)?, &repeat_kv(&v, groups)?, mask)?,
+        };
         let out = out.transpose(1, 2)?.reshape((b, n, s.heads * s.head_dim))?;
         self.o.forward(&out)
     }
