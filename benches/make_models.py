@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Write real-size, random-weight captioning and zero-shot classification models for speed
-benchmarks.
+"""Write real-size, random-weight captioning, zero-shot classification and chat vision-language
+models for speed benchmarks.
 
 Each model has the exact architecture and Hugging Face file layout of a Hub checkpoint, but
 random weights (speed does not depend on the weights), so nothing is downloaded from the Hub:
@@ -14,6 +14,10 @@ random weights (speed does not depend on the weights), so nothing is downloaded 
 * ``vit-gpt2/``   -- nlpconnect/vit-gpt2-image-captioning (``VisionEncoderDecoderModel``: ViT-B/16 at
   224 encoder, ``ViTConfig`` defaults, + GPT-2 base decoder, ``GPT2Config`` defaults with
   cross-attention: 12 layers, 768 wide, 1024 positions, vocab 50257; ~239M params, ~1 GB)
+* ``qwen3-vl-2b/`` -- Qwen/Qwen3-VL-2B-Instruct (``Qwen3VLForConditionalGeneration``: a 24-block
+  1024-wide ViT, patch 16, 2x2 merge, DeepStack at blocks 5/11/17, + a 28-layer 2048-wide Qwen3
+  decoder, GQA 16/8 heads of 128, interleaved M-RoPE [24, 20, 20], tied embeddings, vocab
+  151936; ~2128M params, ~4.3 GB in bfloat16)
 
 Files, all written by ``save_pretrained``: ``config.json``, ``model.safetensors`` (float32, as on
 the Hub), ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, a stand-alone
@@ -60,12 +64,31 @@ openai-community/gpt2's ``encoder.json``: 256 byte symbols, the merged tokens, u
 ``<|endoftext|>`` = 50256. Weights: transformers' init (random captions of fillers; speed does not
 depend on the words).
 
+qwen3-vl-2b: the config is the Hub's config.json (transformers 5 writes its ``rope_scaling`` and
+``rope_theta`` as ``rope_parameters``); ``model.safetensors`` is written in **bfloat16**, the Hub
+checkpoint's dtype (the model is built in bfloat16 with transformers' init: normal std 0.02, norms
+1; the tied lm_head is not stored). ``preprocessor_config.json`` and ``generation_config.json`` are
+the Hub's, verbatim (the image processor type names the Fast class, which needs torchvision;
+benches/transformers_chat.py builds its PIL twin from the same file). The tokenizer is Qwen2's
+layout built offline with transformers' ``Qwen2Tokenizer`` (NFC, Qwen2's split regex, byte-level
+BPE): 151643 regular entries -- the 256 byte symbols, merges learned by generate_ved.py's
+``learn_gpt2_bpe`` on its captions plus ChatML role names and the benchmark prompts (so that
+"Describe this image in one sentence." is seven tokens, as with the real vocabulary), unreachable
+fillers ``Ġw<id>`` -- then the added tokens at their real ids: the special ``<|endoftext|>`` 151643
+(pad), ``<|im_start|>`` 151644, ``<|im_end|>`` 151645 (eos), ..., ``<|vision_start|>`` 151652,
+``<|vision_end|>`` 151653, ``<|vision_pad|>`` 151654, ``<|image_pad|>`` 151655, ``<|video_pad|>``
+151656, and Qwen3's non-special ``<tool_call>`` 151657 ... ``<think>`` 151667, ``</think>`` 151668.
+The chat template (``chat_template.jinja``, and the same text as ``tokenizer_config.json``'s
+``chat_template``) is Qwen3-VL's ChatML without its tool-calling branches, see
+``QWEN3_VL_CHAT_TEMPLATE``. Peak memory while writing: ~5.6 GB.
+
 How to run (from the repository root; the output directory is not meant to be committed):
 
     venv/bin/python benches/make_models.py                        # bench-models/blip-base
     venv/bin/python benches/make_models.py --which blip-base,blip-large --out bench-models
     venv/bin/python benches/make_models.py --which clip-b32,siglip-b16
     venv/bin/python benches/make_models.py --which vit-gpt2
+    venv/bin/python benches/make_models.py --which qwen3-vl-2b       # under a minute, 4.3 GB
 
 Existing model directories are left alone unless ``--force`` is given. Fixed seed (``--seed``,
 default 0): the same torch/transformers versions write the same weights.
@@ -92,9 +115,13 @@ from transformers import (
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizer,
+    GenerationConfig,
     GPT2Config,
     GPT2Tokenizer,
     PreTrainedTokenizerFast,
+    Qwen2Tokenizer,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipConfig,
     SiglipImageProcessorPil,
     SiglipModel,
@@ -503,8 +530,221 @@ def make_vit_gpt2(name: str, out: Path, seed: int) -> None:
     report(name, out, n_params, t0)
 
 
+# --------------------------------------------------------------------------------------
+# Chat / captioning with a vision-language model: Qwen/Qwen3-VL-2B-Instruct
+# --------------------------------------------------------------------------------------
+QWEN_VOCAB_REGULAR = 151643  # byte-level BPE entries before the first added token
+# Qwen2's added special tokens at their real ids, in id order from 151643 ...
+QWEN_SPECIAL = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+# ... then Qwen3's non-special added tokens, 151657..151668.
+QWEN_ADDED = [
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+QWEN_ENDOFTEXT, QWEN_IM_END = 151643, 151645
+QWEN_IMAGE_PAD, QWEN_VIDEO_PAD, QWEN_VISION_START, QWEN_VISION_END = 151655, 151656, 151652, 151653
+QWEN3_VL_MAX_LENGTH = 262144  # max_position_embeddings, and the tokenizer's model_max_length
+# The text the BPE merges are learned from besides generate_ved.py's captions: ChatML role names
+# and the words of the benchmark prompts, twice (learn_gpt2_bpe only merges pairs seen twice), so
+# that they are one token each as in the real vocabulary ("Describe", " this", " image", ...).
+QWEN_CHAT_CORPUS = (
+    "system\nYou are a helpful assistant.\nuser\nDescribe this image in one sentence.\nassistant\n"
+    "What is in this image? Describe this image. Write a short caption for this photo.\n"
+) * 2
+# Qwen/Qwen3-VL-2B-Instruct's config.json, in transformers 5's names (rope_parameters holds the
+# Hub's rope_scaling and rope_theta).
+QWEN3_VL_2B_TEXT = dict(
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    max_position_embeddings=QWEN3_VL_MAX_LENGTH,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
+                     "mrope_interleaved": True},
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    attention_bias=False,
+    bos_token_id=QWEN_ENDOFTEXT,
+    eos_token_id=QWEN_IM_END,
+)
+QWEN3_VL_2B_VISION = dict(
+    depth=24,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    in_channels=3,
+    out_hidden_size=2048,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[5, 11, 17],
+    hidden_act="gelu_pytorch_tanh",
+)
+# Qwen/Qwen3-VL-2B-Instruct's preprocessor_config.json and generation_config.json, verbatim.
+QWEN3_VL_PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+    "processor_class": "Qwen3VLProcessor",
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": True,
+    "do_resize": True,
+    "resample": 3,
+    "do_convert_rgb": True,
+}
+QWEN3_VL_GENERATION = dict(
+    bos_token_id=QWEN_ENDOFTEXT,
+    pad_token_id=QWEN_ENDOFTEXT,
+    do_sample=True,
+    eos_token_id=[QWEN_IM_END, QWEN_ENDOFTEXT],
+    top_k=20,
+    top_p=0.8,
+    repetition_penalty=1.0,
+    temperature=0.7,
+)
+# Qwen3-VL-Instruct's ChatML template without its tool-calling branches: messages of any role in
+# order (system, user, assistant); content is a string or a list of parts ({"type": "image"}, {"type": "video"},
+# {"type": "text", "text": ...}; text parts are not stripped); an image renders
+# <|vision_start|><|image_pad|><|vision_end|> ("Picture N: " before it with add_vision_id); each
+# message <|im_start|>ROLE\n...<|im_end|>\n; add_generation_prompt appends <|im_start|>assistant\n.
+QWEN3_VL_CHAT_TEMPLATE = """{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- for message in messages %}
+    {{- '<|im_start|>' + message.role + '\\n' }}
+    {%- if message.content is string %}
+        {{- message.content }}
+    {%- else %}
+        {%- for content in message.content %}
+            {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                {%- set image_count.value = image_count.value + 1 %}
+                {%- if add_vision_id %}
+                    {{- 'Picture ' ~ image_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif content.type == 'video' or 'video' in content %}
+                {%- set video_count.value = video_count.value + 1 %}
+                {%- if add_vision_id %}
+                    {{- 'Video ' ~ video_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}
+            {%- elif 'text' in content %}
+                {{- content.text }}
+            {%- endif %}
+        {%- endfor %}
+    {%- endif %}
+    {{- '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+
+def build_qwen_tokenizer() -> Qwen2Tokenizer:
+    """Qwen2's byte-level BPE layout: 151643 regular entries, then the added tokens at their real ids."""
+    from unittest import mock
+
+    import generate_ved
+    from tokenizers import AddedToken, Regex, pre_tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    # generate_ved.py's learner, on its captions plus QWEN_CHAT_CORPUS, pre-tokenized by Qwen2's
+    # regex (case kept, words carry their leading space) instead of its lower-cased GPT-2 words:
+    # learn_gpt2_bpe reads the module's CORPUS and gpt2_pretokens, patched for this one call.
+    split = pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False)
+    with mock.patch.object(generate_ved, "CORPUS", generate_ved.CORPUS + QWEN_CHAT_CORPUS), \
+         mock.patch.object(generate_ved, "gpt2_pretokens", lambda text: [w for w, _ in split.pre_tokenize_str(text)]):
+        merges = generate_ved.learn_gpt2_bpe(10_000)  # every merge the corpus supports (a few hundred)
+    # Qwen2's vocab.json layout: the 256 byte symbols in GPT-2's order ("!" = 0, "Ġ" = 220,
+    # "Ċ" = 198, as in the real one), the merged tokens, then unreachable fillers "Ġw<id>" (Qwen2's
+    # regex splits letters from digits, so no text produces them; they decode to " w<id>").
+    vocab_list = list(generate_ved.bytes_to_unicode().values())
+    seen = set(vocab_list)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            vocab_list.append(a + b)
+    vocab_list += [f"Ġw{i}" for i in range(len(vocab_list), QWEN_VOCAB_REGULAR)]
+    assert len(vocab_list) == len(set(vocab_list)) == QWEN_VOCAB_REGULAR
+    # transformers' Qwen2Tokenizer builds Qwen2's tokenizer.json pipeline (NFC, the regex split,
+    # byte-level) and adds its eos/pad <|endoftext|> first, at 151643.
+    tok = Qwen2Tokenizer(
+        vocab={t: i for i, t in enumerate(vocab_list)},
+        merges=[tuple(m) for m in merges],
+        unk_token=None,
+        model_max_length=QWEN3_VL_MAX_LENGTH,
+        clean_up_tokenization_spaces=False,
+    )
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL[1:]})
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_ADDED])
+    tok.eos_token = "<|im_end|>"  # as Qwen3-VL-Instruct's tokenizer_config.json; pad stays <|endoftext|>
+    tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL + QWEN_ADDED}
+    assert list(ids.values()) == list(range(QWEN_VOCAB_REGULAR, QWEN_VOCAB_REGULAR + len(ids))), ids
+    assert len(tok) == QWEN_VOCAB_REGULAR + len(ids) == 151669
+    assert (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (QWEN_IM_END, QWEN_ENDOFTEXT, None)
+    assert ids["<|image_pad|>"] == QWEN_IMAGE_PAD and ids["<|vision_start|>"] == QWEN_VISION_START
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image in one sentence."}]}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe this image in one sentence."
+                    "<|im_end|>\n<|im_start|>assistant\n"), repr(text)
+    prompt = tok(text)["input_ids"]
+    assert len(prompt) == 18, tok.convert_ids_to_tokens(prompt)  # each word one token, as with Qwen's
+    assert tok.decode([QWEN_VOCAB_REGULAR - 1, QWEN_VOCAB_REGULAR - 2]) == f" w{QWEN_VOCAB_REGULAR - 1} w{QWEN_VOCAB_REGULAR - 2}"
+    return tok
+
+
+def make_qwen3_vl(name: str, out: Path, seed: int) -> None:
+    t0 = time.perf_counter()
+    tok = build_qwen_tokenizer()
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
+    # The Hub's tokenizer_config.json carries the template too (transformers 5 saves it to
+    # chat_template.jinja only); the same text in both.
+    tc_path = out / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text(encoding="utf-8"))
+    tc["chat_template"] = QWEN3_VL_CHAT_TEMPLATE
+    tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "preprocessor_config.json", "w", encoding="utf-8") as f:
+        json.dump(QWEN3_VL_PREPROCESSOR, f, indent=2)
+        f.write("\n")
+    config = Qwen3VLConfig(
+        text_config=QWEN3_VL_2B_TEXT,
+        vision_config=QWEN3_VL_2B_VISION,
+        image_token_id=QWEN_IMAGE_PAD,
+        video_token_id=QWEN_VIDEO_PAD,
+        vision_start_token_id=QWEN_VISION_START,
+        vision_end_token_id=QWEN_VISION_END,
+        tie_word_embeddings=True,
+    )
+    config.architectures = ["Qwen3VLForConditionalGeneration"]
+    torch.manual_seed(seed)
+    # Built straight in bfloat16, the Hub checkpoint's dtype (~4.3 GB of weights instead of 8.5 GB
+    # in float32 first), with transformers' init (normal, std 0.02; norms 1).
+    model = Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model.generation_config = GenerationConfig(**QWEN3_VL_GENERATION)
+    n_params = sum(p.numel() for p in model.parameters())  # lm_head is tied to embed_tokens: counted once
+    model.save_pretrained(out)
+    report(name, out, n_params, t0)
+
+
 BUILDERS = {"blip-base": make_blip, "blip-large": make_blip, "clip-b32": make_clip, "siglip-b16": make_siglip,
-            "vit-gpt2": make_vit_gpt2}
+            "vit-gpt2": make_vit_gpt2, "qwen3-vl-2b": make_qwen3_vl}
 
 
 def main() -> int:
