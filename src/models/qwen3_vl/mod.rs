@@ -53,6 +53,7 @@ pub struct Qwen3Vl {
     merge: usize,
     patch_dim: usize,
     device: Device,
+    dtype: candle_core::DType,
 }
 
 impl Qwen3Vl {
@@ -68,6 +69,7 @@ impl Qwen3Vl {
             merge: v.spatial_merge_size,
             patch_dim: v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size,
             device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -137,7 +139,8 @@ impl Qwen3Vl {
             true => None,
             false => {
                 let n = values.len() / self.patch_dim;
-                let patches = Tensor::from_vec(values, (n, self.patch_dim), &self.device)?;
+                let patches = Tensor::from_vec(values, (n, self.patch_dim), &self.device)?
+                    .to_dtype(self.dtype)?;
                 Some(self.vision.forward(&patches, &grids)?)
             }
         };
