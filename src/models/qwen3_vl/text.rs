@@ -71,6 +71,8 @@ impl TextConfig {
 
 pub struct TextModel {
     embed: Embedding,
+    /// What the layers compute in (the table may be stored narrower).
+    dtype: DType,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -116,7 +118,25 @@ impl TextModel {
             qk_norm: Some(cfg.rms_norm_eps),
         };
         let embed_weight = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let embed = Embedding::new(embed_weight.clone(), cfg.hidden_size);
+        let dtype = embed_weight.dtype();
+        let head_weight = match head {
+            Some(vb) => vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            None => embed_weight.clone(),
+        };
+        // glance's layer: its few-rows path streams the vocabulary once per decode step.
+        let lm_head = Linear::new(head_weight, None);
+        // Where the CPU multiplies in bf16, every linear layer is packed to bf16 and the f32
+        // weights are dropped; the table is kept in bf16 too (its rows are exact in f32 only
+        // for bf16 checkpoints, as bf16 matmuls are), not as a 0.6 GB f32 copy for 2B.
+        let table = match crate::kernels::cpu_bf16_matmul() && dtype == DType::F32 {
+            true => {
+                let narrow = embed_weight.to_dtype(DType::BF16)?;
+                drop(embed_weight);
+                narrow
+            }
+            false => embed_weight,
+        };
+        // The layers after the table: its f32 copy is gone before they load.
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 DecoderLayer::new(
@@ -127,23 +147,19 @@ impl TextModel {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let head_weight = match head {
-            Some(vb) => vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?,
-            None => embed_weight,
-        };
         Ok(Self {
-            embed,
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
-            // glance's layer: its few-rows path streams the vocabulary once per decode step.
-            lm_head: Linear::new(head_weight, None),
+            embed: Embedding::new(table, cfg.hidden_size),
+            dtype,
+            lm_head,
             rotary: cfg.rotary().map_err(candle_core::Error::msg)?,
             device: vb.device().clone(),
         })
     }
 
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed.forward(ids)
+        self.embed.forward(ids)?.to_dtype(self.dtype)
     }
 
     pub fn new_cache(&self) -> TextCache {
