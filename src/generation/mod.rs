@@ -97,7 +97,6 @@ impl GenerationParams {
 /// Decoding options a user gave (flags, a pipeline's stage table); `None` leaves the model's
 /// default.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Overrides {
     pub max_new_tokens: Option<usize>,
     pub min_new_tokens: Option<usize>,

@@ -153,17 +153,9 @@ pub struct CaptionSpec {
     pub min_pixels: Option<u64>,
     /// Chat models: the most likely token, whatever the checkpoint's sampling settings.
     pub greedy: Option<bool>,
-    pub max_new_tokens: Option<usize>,
-    pub min_new_tokens: Option<usize>,
-    pub num_beams: Option<usize>,
-    pub length_penalty: Option<f32>,
-    pub do_sample: Option<bool>,
-    pub temperature: Option<f32>,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub seed: Option<u64>,
-    pub repetition_penalty: Option<f32>,
-    pub num_return_sequences: Option<usize>,
+    /// The decoding options, named as the `glance caption` flags.
+    #[serde(flatten)]
+    pub generation: Overrides,
     /// "clip": keep the candidate `clip_model` scores highest.
     pub rerank: Option<String>,
     /// The judge of `rerank` (default: the zero-shot default model).
@@ -171,26 +163,9 @@ pub struct CaptionSpec {
 }
 
 impl CaptionSpec {
-    /// The decoding options the stage sets.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            max_new_tokens: self.max_new_tokens,
-            min_new_tokens: self.min_new_tokens,
-            num_beams: self.num_beams,
-            length_penalty: self.length_penalty,
-            do_sample: self.do_sample,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repetition_penalty: self.repetition_penalty,
-            num_return_sequences: self.num_return_sequences,
-            seed: self.seed,
-        }
-    }
-
     /// The options over transformers' defaults (captioners).
     pub fn params(&self) -> GenerationParams {
-        GenerationParams::default().with(&self.overrides())
+        GenerationParams::default().with(&self.generation)
     }
 
     /// The options of a chat-model stage; `base` is the pipeline file's folder.
@@ -210,7 +185,7 @@ impl CaptionSpec {
             system: self.system.clone(),
             min_pixels: self.min_pixels,
             max_pixels: self.max_pixels,
-            generation: self.overrides(),
+            generation: self.generation.clone(),
             greedy: self.greedy.unwrap_or(false),
             quiet: true,
         })
@@ -492,8 +467,8 @@ impl StageSpec {
                     captioner,
                     options.prompt.as_deref(),
                     options.params(),
-                    options.max_new_tokens,
-                    options.num_beams,
+                    options.generation.max_new_tokens,
+                    options.generation.num_beams,
                 )?;
                 match options.rerank.as_deref() {
                     None => {}
