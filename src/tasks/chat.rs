@@ -128,25 +128,26 @@ impl ChatCaptioner {
         &self.defaults
     }
 
-    /// The prompt's token ids for one image: the template rendered, its image placeholder
-    /// expanded to `image_tokens` copies, tokenized as the processor tokenizes it.
-    pub fn prompt_ids(
-        &self,
-        system: Option<&str>,
-        instruction: &str,
-        image_tokens: usize,
-    ) -> Result<Vec<u32>> {
+    /// The prompt for one image and `instruction`, the template rendered once per run: its single
+    /// image placeholder is expanded per image by [`ChatCaptioner::prompt_ids`].
+    pub fn render(&self, system: Option<&str>, instruction: &str) -> Result<String> {
         let rendered = self.template.render_image_prompt(system, instruction)?;
-        if rendered.matches(&self.image_token).count() != 1 {
+        let placeholders = rendered.matches(&self.image_token).count();
+        if placeholders != 1 {
             return Err(Error::Config {
                 file: format!("the chat template of {}", self.name),
                 message: format!(
-                    "a prompt with one image renders {} {} placeholders, expected one",
-                    rendered.matches(&self.image_token).count(),
+                    "a prompt with one image renders {placeholders} {} placeholders, expected one",
                     self.image_token
                 ),
             });
         }
+        Ok(rendered)
+    }
+
+    /// The token ids of a [`ChatCaptioner::render`]ed prompt for an image of `image_tokens`
+    /// tokens: the placeholder expanded to that many copies, tokenized as the processor does.
+    pub fn prompt_ids(&self, rendered: &str, image_tokens: usize) -> Result<Vec<u32>> {
         let expanded = rendered.replace(&self.image_token, &self.image_token.repeat(image_tokens));
         let enc = self
             .tokenizer
@@ -275,8 +276,8 @@ pub struct ChatStage {
     pub name: String,
     captioner: ChatCaptioner,
     processor: PatchProcessor,
-    system: Option<String>,
-    instruction: String,
+    /// The chat template rendered with the system message and instruction.
+    prompt: String,
     params: GenerationParams,
     /// Say how many image tokens the first batch has, once.
     report_tokens: bool,
@@ -310,12 +311,13 @@ impl ChatStage {
         if options.instruction.trim().is_empty() {
             return Err(Error::Options("the prompt is empty".into()));
         }
+        // A template that cannot render fails the run here, not every batch.
+        let prompt = captioner.render(options.system.as_deref(), &options.instruction)?;
         Ok(Self {
             name: "caption".into(),
             captioner,
             processor,
-            system: options.system,
-            instruction: options.instruction,
+            prompt,
             params,
             report_tokens: !options.quiet,
         })
@@ -323,11 +325,6 @@ impl ChatStage {
 
     pub fn params(&self) -> &GenerationParams {
         &self.params
-    }
-
-    /// The pixel budget in force, `(min, max)`.
-    pub fn pixel_budget(&self) -> (u64, u64) {
-        (self.processor.min_pixels, self.processor.max_pixels)
     }
 }
 
@@ -347,11 +344,9 @@ impl Stage for ChatStage {
             let Pixels::Patches(patches) = &p.pixels[pixels[0]] else {
                 unreachable!("a chat stage's processor makes patches");
             };
-            let ids = self.captioner.prompt_ids(
-                self.system.as_deref(),
-                &self.instruction,
-                patches.tokens(merge),
-            )?;
+            let ids = self
+                .captioner
+                .prompt_ids(&self.prompt, patches.tokens(merge))?;
             prompts.push(Prompt {
                 ids,
                 images: vec![patches.clone()],
