@@ -93,11 +93,7 @@ fn run_chat(
             "--rerank works with captioners (BLIP, encoder–decoders), not yet with chat models"
         );
     }
-    let instruction = match (&g.prompt, &g.prompt_file) {
-        (Some(text), _) => text.clone(),
-        (None, Some(spec)) => prompts::instruction(spec)?,
-        (None, None) => prompts::instruction(prompts::DEFAULT_INSTRUCTION)?,
-    };
+    let instruction = prompts::choose_instruction(g.prompt.as_deref(), g.prompt_file.as_deref())?;
     let captioner = ChatCaptioner::load(files, device, dtype)?;
     let options = ChatOptions {
         instruction,

@@ -170,16 +170,12 @@ impl CaptionSpec {
 
     /// The options of a chat-model stage; `base` is the pipeline file's folder.
     fn chat_options(&self, base: &Path) -> Result<ChatOptions> {
-        let instruction = match (&self.prompt, &self.prompt_file) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Options(
-                    "give prompt or prompt_file, not both".into(),
-                ))
-            }
-            (Some(text), None) => text.clone(),
-            (None, Some(spec)) => prompts::instruction(&resolve(base, spec).to_string_lossy())?,
-            (None, None) => prompts::instruction(prompts::DEFAULT_INSTRUCTION)?,
-        };
+        // A prompt file is found relative to the pipeline file first.
+        let file = self
+            .prompt_file
+            .as_deref()
+            .map(|spec| resolve(base, spec).to_string_lossy().into_owned());
+        let instruction = prompts::choose_instruction(self.prompt.as_deref(), file.as_deref())?;
         Ok(ChatOptions {
             instruction,
             system: self.system.clone(),

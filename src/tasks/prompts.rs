@@ -112,6 +112,19 @@ pub fn instruction(spec: &str) -> Result<String> {
     Ok(instruction)
 }
 
+/// A chat model's instruction: `prompt` as given, else [`instruction`] of `file`, else the
+/// default preset.
+pub fn choose_instruction(prompt: Option<&str>, file: Option<&str>) -> Result<String> {
+    match (prompt, file) {
+        (Some(_), Some(_)) => Err(Error::Options(
+            "give a prompt or a prompt file, not both".into(),
+        )),
+        (Some(text), None) => Ok(text.to_string()),
+        (None, Some(spec)) => instruction(spec),
+        (None, None) => instruction(DEFAULT_INSTRUCTION),
+    }
+}
+
 /// Templates from a file or a shipped set's name, checked (see [`check_templates`]).
 pub fn templates(spec: &str) -> Result<Vec<String>> {
     let templates = shipped_or_file(spec, TEMPLATES, "template set")?;
