@@ -22,6 +22,18 @@ pub enum EarlyStopping {
     Never,
 }
 
+impl EarlyStopping {
+    /// A config's value: `true`, `false`, `"never"`; anything else (absent, null) is transformers'
+    /// default, the heuristic.
+    pub fn from_json(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Bool(true) => Self::Always,
+            serde_json::Value::String(s) if s == "never" => Self::Never,
+            _ => Self::Heuristic,
+        }
+    }
+}
+
 /// Decoding options, with transformers' defaults.
 #[derive(Debug, Clone)]
 pub struct GenerationParams {

@@ -346,6 +346,7 @@ pub fn download(files: &ModelFiles) -> Result<Vec<PathBuf>> {
     for optional in [
         "generation_config.json",
         "preprocessor_config.json",
+        "processor_config.json",
         "tokenizer.json",
         "spiece.model",
         "tokenizer_config.json",

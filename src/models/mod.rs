@@ -5,6 +5,7 @@
 pub mod blip;
 pub mod clip;
 pub mod convnext;
+pub mod florence2;
 pub mod gpt2;
 pub mod qwen3_vl;
 pub mod resnet;
@@ -30,6 +31,13 @@ pub(crate) fn id_or<'de, D: serde::Deserializer<'de>, const DEFAULT: u32>(
 /// Turns preprocessed pixels `[batch, 3, H, W]` into features `[batch, positions, dim]`.
 pub trait ImageEncoder: Send + Sync {
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
+
+    /// Encoders that read a text prompt with the image (Florence-2's task prompt) take its ids
+    /// here; the others ignore them.
+    fn encode_with_prompt(&self, pixels: &Tensor, prompt: &[u32]) -> Result<Tensor> {
+        let _ = prompt;
+        self.encode(pixels)
+    }
 }
 
 /// What a text decoder provides to the decode loop.
@@ -183,6 +191,9 @@ pub enum PromptStyle {
     /// Vision encoder–decoders: `decoder_start_token_id`, then the prompt's tokens without
     /// special tokens.
     StartThenText { start: u32 },
+    /// Florence-2: the prompt is a task the encoder reads, as `bos`, its text, `eos`; the
+    /// decoder starts from `start` alone.
+    Task { start: u32, bos: u32, eos: u32 },
 }
 
 /// What a captioning architecture contributes: an encoder, a decoder and its token rules.
@@ -209,6 +220,8 @@ pub enum Architecture {
     ImageClassifier(Box<ClassifierConfig>),
     /// An instruction-following vision–language model (run by [`crate::tasks::chat`]).
     Qwen3Vl(Box<qwen3_vl::Qwen3VlConfig>),
+    /// Florence-2: captions and, through its location tokens, boxes.
+    Florence2(Box<florence2::Florence2Config>),
 }
 
 /// `architectures` values glance supports, for error messages.
@@ -223,6 +236,7 @@ pub const SUPPORTED: &[&str] = &[
     "ResNetForImageClassification",
     "ConvNextForImageClassification",
     "Qwen3VLForConditionalGeneration",
+    "Florence2ForConditionalGeneration",
 ];
 
 impl Architecture {
@@ -272,6 +286,11 @@ impl Architecture {
             }
             (Some("Qwen3VLForConditionalGeneration"), _) | (None, Some("qwen3_vl")) => {
                 Ok(Self::Qwen3Vl(parse(config, model)?))
+            }
+            (Some("Florence2ForConditionalGeneration"), _) | (None, Some("florence2")) => {
+                Ok(Self::Florence2(Box::new(
+                    florence2::Florence2Config::from_json(config, model)?,
+                )))
             }
             (Some("ConvNextForImageClassification"), _) => {
                 let backbone = ClassifierBackbone::ConvNext(*parse(config, model)?);

@@ -111,6 +111,26 @@ impl PreprocessorConfig {
         serde_json::from_str(&text).map_err(|e| Error::json(path, e))
     }
 
+    /// A model's image processor settings: `preprocessor_config.json`, or the `image_processor`
+    /// of the `processor_config.json` transformers 5 writes instead; `None` when it has neither.
+    pub fn from_model(files: &crate::load::hub::ModelFiles) -> Result<Option<Self>> {
+        if let Some(path) = files.get_optional("preprocessor_config.json")? {
+            return Self::from_file(&path).map(Some);
+        }
+        let Some(path) = files.get_optional("processor_config.json")? else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::json(&path, e))?;
+        match json.get("image_processor") {
+            Some(inner) => serde_json::from_value(inner.clone())
+                .map(Some)
+                .map_err(|e| Error::json(&path, e)),
+            None => Ok(None),
+        }
+    }
+
     /// A processor for models that ship no `preprocessor_config.json`: a square resize.
     pub fn square(size: u32) -> Self {
         Self {

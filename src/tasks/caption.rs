@@ -6,7 +6,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::generation::logits::TokenRules;
-use crate::generation::{self, GenerationParams};
+use crate::generation::{self, EarlyStopping, GenerationParams};
 use crate::load::hub::ModelFiles;
 use crate::load::{load_tokenizer, read_json, weights};
 use crate::models::{self, Architecture, CaptionParts, PromptStyle, StopTokens};
@@ -28,6 +28,8 @@ pub struct Captioner {
     parts: CaptionParts,
     /// The checkpoint's token rules, applied whatever the decoding options.
     rules: TokenRules,
+    /// `generation_config.json`'s `early_stopping`, for beam search.
+    early_stopping: EarlyStopping,
     tokenizer: Tokenizer,
     preprocessor: Preprocessor,
     device: Device,
@@ -51,16 +53,21 @@ impl Captioner {
             weights::var_builder(&files.weights()?, dtype, device)
         })?;
         let started = std::time::Instant::now();
+        let generation_fields = || -> Result<models::vision_encoder_decoder::GenerationConfig> {
+            Ok(match &generation {
+                Some((json, path)) => {
+                    serde_json::from_value(json.clone()).map_err(|e| Error::json(path, e))?
+                }
+                None => Default::default(),
+            })
+        };
         let parts = match &arch {
             Architecture::Blip(cfg) => models::blip::load(cfg, vb)?,
             Architecture::VisionEncoderDecoder(cfg) => {
-                let generation = match &generation {
-                    Some((json, path)) => {
-                        serde_json::from_value(json.clone()).map_err(|e| Error::json(path, e))?
-                    }
-                    None => Default::default(),
-                };
-                models::vision_encoder_decoder::load(cfg, &generation, vb, &name)?
+                models::vision_encoder_decoder::load(cfg, &generation_fields()?, vb, &name)?
+            }
+            Architecture::Florence2(cfg) => {
+                models::florence2::load(cfg, &generation_fields()?, vb)?
             }
             Architecture::ImageClassifier(_) => {
                 return Err(Error::WrongTask {
@@ -83,12 +90,15 @@ impl Captioner {
             }
         };
         timings::add("model built", started.elapsed().as_secs_f64());
-        let preprocessor = timings::phase("configs", || {
-            match files.get_optional("preprocessor_config.json")? {
-                Some(path) => Preprocessor::new(PreprocessorConfig::from_file(&path)?),
+        let preprocessor =
+            timings::phase("configs", || match PreprocessorConfig::from_model(files)? {
+                Some(cfg) => Preprocessor::new(cfg),
                 None => Preprocessor::new(PreprocessorConfig::square(parts.image_size)),
-            }
-        })?;
+            })?;
+        let early_stopping = match &generation {
+            Some((json, _)) => EarlyStopping::from_json(&json["early_stopping"]),
+            None => EarlyStopping::from_json(&config["early_stopping"]),
+        };
         let tokenizer = timings::phase("tokenizer", || load_tokenizer(files))?;
         // transformers takes these from generation_config.json, else from config.json.
         let (rules_from, file) = match &generation {
@@ -104,6 +114,7 @@ impl Captioner {
         Ok(Self {
             parts,
             rules,
+            early_stopping,
             tokenizer,
             preprocessor,
             device: device.clone(),
@@ -145,6 +156,7 @@ impl Captioner {
                 ids.pop();
                 Ok(ids)
             }
+            PromptStyle::Task { start, .. } => Ok(vec![*start]),
             PromptStyle::StartThenText { start } => {
                 let mut ids = vec![*start];
                 if let Some(text) = prompt {
@@ -161,6 +173,35 @@ impl Captioner {
                 Ok(ids)
             }
         }
+    }
+
+    /// The ids a prompt-reading encoder (Florence-2) gets for `prompt`, a task token or text
+    /// (the model's default task when `None`): `<s>`, the expanded task, `</s>`. `None` for
+    /// models whose encoder reads only the image.
+    pub fn encoder_ids(&self, prompt: Option<&str>) -> Result<Option<Vec<u32>>> {
+        let PromptStyle::Task { bos, eos, .. } = self.parts.prompt else {
+            return Ok(None);
+        };
+        let task = prompt.unwrap_or(models::florence2::processor::DEFAULT_CAPTION_TASK);
+        let text = models::florence2::processor::expand(task)?;
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| Error::Options(format!("cannot tokenize prompt {text:?}: {e}")))?;
+        let mut ids = vec![bos];
+        ids.extend_from_slice(enc.get_ids());
+        ids.push(eos);
+        Ok(Some(ids))
+    }
+
+    /// Whether the prompt is a task the encoder reads (Florence-2) rather than a caption prefix.
+    pub fn reads_tasks(&self) -> bool {
+        matches!(self.parts.prompt, PromptStyle::Task { .. })
+    }
+
+    /// The tokenizer, for callers that read generated ids themselves (detection).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     /// The model's default beam count (`generation_config.json`), 1 when it names none.
@@ -183,7 +224,7 @@ impl Captioner {
 
     /// Image features `[batch, positions, dim]`.
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.parts.encoder.encode(&pixels.to_dtype(self.dtype)?)
+        self.encode_prompted(pixels, None)
     }
 
     /// Captions for a batch: `num_return_sequences` per image, in order.
@@ -194,9 +235,31 @@ impl Captioner {
         params: &GenerationParams,
         seeds: &[u64],
     ) -> Result<Vec<Vec<Caption>>> {
+        self.caption_prompted(pixels, None, prompt_ids, params, seeds)
+    }
+
+    /// Encoder states for a batch, with the encoder's prompt where it reads one.
+    pub fn encode_prompted(&self, pixels: &Tensor, encoder_ids: Option<&[u32]>) -> Result<Tensor> {
+        let pixels = pixels.to_dtype(self.dtype)?;
+        match encoder_ids {
+            Some(ids) => self.parts.encoder.encode_with_prompt(&pixels, ids),
+            None => self.parts.encoder.encode(&pixels),
+        }
+    }
+
+    /// [`Captioner::caption`] for models whose encoder reads a prompt too
+    /// ([`Captioner::encoder_ids`]).
+    pub fn caption_prompted(
+        &self,
+        pixels: &Tensor,
+        encoder_ids: Option<&[u32]>,
+        prompt_ids: &[u32],
+        params: &GenerationParams,
+        seeds: &[u64],
+    ) -> Result<Vec<Vec<Caption>>> {
         let timings = crate::timings_enabled();
         let started = std::time::Instant::now();
-        let features = self.encode(pixels)?;
+        let features = self.encode_prompted(pixels, encoder_ids)?;
         if timings {
             // A GPU returns before its work is done: wait for it, so the split is honest.
             pixels.device().synchronize()?;
@@ -255,6 +318,8 @@ pub struct CaptionStage {
     pub name: String,
     pub captioner: Captioner,
     pub prompt_ids: Vec<u32>,
+    /// What a prompt-reading encoder (Florence-2) reads.
+    pub encoder_ids: Option<Vec<u32>>,
     pub params: GenerationParams,
     /// Chooses among the candidates by CLIPScore when set ([`CaptionStage::rerank_with`]).
     pub reranker: Option<ClipScorer>,
@@ -271,14 +336,17 @@ impl CaptionStage {
         num_beams: Option<usize>,
     ) -> Result<Self> {
         let prompt_ids = captioner.prompt_ids(prompt)?;
+        let encoder_ids = captioner.encoder_ids(prompt)?;
         params.max_new_tokens =
             max_new_tokens.unwrap_or_else(|| captioner.default_max_new_tokens(prompt_ids.len()));
         params.num_beams = num_beams.unwrap_or_else(|| captioner.default_num_beams());
+        params.early_stopping = captioner.early_stopping;
         params.validate()?;
         Ok(Self {
             name: "caption".into(),
             captioner,
             prompt_ids,
+            encoder_ids,
             params,
             reranker: None,
         })
@@ -369,9 +437,13 @@ impl crate::tasks::Stage for CaptionStage {
             .iter()
             .map(|p| generation::seed_for(self.params.seed, &p.name))
             .collect();
-        let captions = self
-            .captioner
-            .caption(&tensor, &self.prompt_ids, &self.params, &seeds)?;
+        let captions = self.captioner.caption_prompted(
+            &tensor,
+            self.encoder_ids.as_deref(),
+            &self.prompt_ids,
+            &self.params,
+            &seeds,
+        )?;
         let judged: Vec<Option<Vec<f32>>> = match &self.reranker {
             Some(judge) => {
                 let texts: Vec<Vec<String>> = captions

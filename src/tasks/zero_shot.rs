@@ -68,7 +68,8 @@ pub fn load_image_text(
         }
         Architecture::Blip(_)
         | Architecture::VisionEncoderDecoder(_)
-        | Architecture::Qwen3Vl(_) => {
+        | Architecture::Qwen3Vl(_)
+        | Architecture::Florence2(_) => {
             return Err(Error::WrongTask {
                 model: name,
                 kind: "a captioning model",

@@ -1,0 +1,345 @@
+//! Florence-2's DaViT vision tower and the projector that turns its last stage into the
+//! language model's image tokens (`Florence2VisionBackbone`, `Florence2MultiModalProjector`).
+//!
+//! Each stage is a strided convolution (patch embedding) followed by blocks that alternate
+//! spatial-window attention (tokens attend within `window × window` windows, zero-padded at the
+//! right and bottom) and channel-group attention (channels attend to channels, in groups, over
+//! all positions). Every half-block starts with a depthwise 3×3 convolution added to its input.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{layer_norm, Conv2d, Conv2dConfig, Embedding, LayerNorm, VarBuilder};
+
+use super::config::DavitConfig;
+use crate::layers::attention::attention;
+use crate::layers::linear::{linear, Linear};
+
+/// torch's `nn.LayerNorm` default.
+const LN_EPS: f64 = 1e-5;
+
+/// LayerNorm over the channels of an NCHW tensor.
+fn channels_norm(norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 2, 3, 1))?.apply(norm)?.permute((0, 3, 1, 2))
+}
+
+/// `[b, c, h, w]` to `[b, h·w, c]` and back.
+fn to_tokens(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.transpose(1, 2)
+}
+fn to_map(x: &Tensor, (b, c, h, w): (usize, usize, usize, usize)) -> Result<Tensor> {
+    x.transpose(1, 2)?.reshape((b, c, h, w))
+}
+
+struct ConvEmbed {
+    conv: Conv2d,
+    norm: LayerNorm,
+    pre_norm: bool,
+}
+
+impl ConvEmbed {
+    fn new(cfg: &DavitConfig, stage: usize, vb: VarBuilder) -> Result<Self> {
+        let in_c = match stage {
+            0 => cfg.in_channels,
+            s => cfg.embed_dim[s - 1],
+        };
+        let out_c = cfg.embed_dim[stage];
+        let conv_cfg = Conv2dConfig {
+            padding: cfg.patch_padding[stage],
+            stride: cfg.patch_stride[stage],
+            ..Default::default()
+        };
+        let pre_norm = cfg.patch_prenorm[stage];
+        let conv = candle_nn::conv2d(in_c, out_c, cfg.patch_size[stage], conv_cfg, vb.pp("conv"))?;
+        let norm = layer_norm(if pre_norm { in_c } else { out_c }, LN_EPS, vb.pp("norm"))?;
+        Ok(Self {
+            conv,
+            norm,
+            pre_norm,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pre_norm {
+            channels_norm(&self.norm, x)?
+                .contiguous()?
+                .apply(&self.conv)
+        } else {
+            channels_norm(&self.norm, &x.apply(&self.conv)?)
+        }
+    }
+}
+
+fn depthwise(dim: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        groups: dim,
+        ..Default::default()
+    };
+    candle_nn::conv2d(dim, dim, 3, cfg, vb)
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(dim: usize, ratio: f64, vb: VarBuilder) -> Result<Self> {
+        let hidden = (dim as f64 * ratio) as usize;
+        Ok(Self {
+            fc1: linear(dim, hidden, vb.pp("fc1"))?,
+            fc2: linear(hidden, dim, vb.pp("fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// What mixes the tokens in the first half of a block.
+enum Mixer {
+    /// Multi-head attention within windows of `window × window` positions.
+    Window { heads: usize, window: usize },
+    /// Attention between channels, in `groups` groups, over all positions.
+    Channel { groups: usize },
+}
+
+/// A spatial or channel block: depthwise conv + attention, depthwise conv + MLP.
+struct HalfBlocks {
+    conv1: Conv2d,
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    conv2: Conv2d,
+    norm2: LayerNorm,
+    ffn: Mlp,
+    mixer: Mixer,
+}
+
+impl HalfBlocks {
+    fn new(cfg: &DavitConfig, stage: usize, mixer: Mixer, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.embed_dim[stage];
+        let attn = vb.pp(match mixer {
+            Mixer::Window { .. } => "window_attn",
+            Mixer::Channel { .. } => "channel_attn",
+        });
+        let qkv = match cfg.qkv_bias {
+            true => linear(dim, 3 * dim, attn.pp("qkv"))?,
+            false => crate::layers::linear::linear_no_bias(dim, 3 * dim, attn.pp("qkv"))?,
+        };
+        Ok(Self {
+            conv1: depthwise(dim, vb.pp("conv1"))?,
+            norm1: layer_norm(dim, LN_EPS, vb.pp("norm1"))?,
+            qkv,
+            proj: linear(dim, dim, attn.pp("proj"))?,
+            conv2: depthwise(dim, vb.pp("conv2"))?,
+            norm2: layer_norm(dim, LN_EPS, vb.pp("norm2"))?,
+            ffn: Mlp::new(dim, cfg.mlp_ratio, vb.pp("ffn"))?,
+            mixer,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.dims4()?;
+        let x = (x.apply(&self.conv1)? + x)?;
+        let t = to_tokens(&x)?;
+        let mixed = match self.mixer {
+            Mixer::Window { heads, window } => {
+                self.window_attention(&t.apply(&self.norm1)?, shape, heads, window)?
+            }
+            Mixer::Channel { groups } => self.channel_attention(&t.apply(&self.norm1)?, groups)?,
+        };
+        let x = to_map(&(t + mixed)?, shape)?;
+        let x = (x.apply(&self.conv2)? + x)?;
+        let t = to_tokens(&x)?;
+        let t = (self.ffn.forward(&t.apply(&self.norm2)?)? + t)?;
+        to_map(&t, shape)
+    }
+
+    /// `t` `[b, h·w, c]` (normed) attended within windows; zero padding at the right and bottom
+    /// takes part in the attention, as in transformers.
+    fn window_attention(
+        &self,
+        t: &Tensor,
+        (b, c, h, w): (usize, usize, usize, usize),
+        heads: usize,
+        window: usize,
+    ) -> Result<Tensor> {
+        let mut x = t.reshape((b, h, w, c))?;
+        let (pad_b, pad_r) = (
+            (window - h % window) % window,
+            (window - w % window) % window,
+        );
+        if pad_b > 0 {
+            x = x.pad_with_zeros(1, 0, pad_b)?;
+        }
+        if pad_r > 0 {
+            x = x.pad_with_zeros(2, 0, pad_r)?;
+        }
+        let (hp, wp) = (h + pad_b, w + pad_r);
+        let (nh, nw, n) = (hp / window, wp / window, window * window);
+        let windows = x
+            .reshape((b, nh, window, nw, window, c))?
+            .transpose(2, 3)?
+            .contiguous()?
+            .reshape((b * nh * nw, n, c))?;
+        let hd = c / heads;
+        let qkv = self
+            .qkv
+            .forward(&windows)?
+            .reshape((b * nh * nw, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let ctx = attention(&q, &k, &v, None)?
+            .transpose(1, 2)?
+            .reshape((b * nh * nw, n, c))?;
+        let out = self.proj.forward(&ctx)?;
+        out.reshape((b, nh, nw, window, window, c))?
+            .transpose(2, 3)?
+            .contiguous()?
+            .reshape((b, hp, wp, c))?
+            .narrow(1, 0, h)?
+            .narrow(2, 0, w)?
+            .contiguous()?
+            .reshape((b, h * w, c))
+    }
+
+    /// Channel-group attention: within each group, channels are the queries and keys, and the
+    /// scores are scaled by `1/sqrt(positions)`.
+    fn channel_attention(&self, t: &Tensor, groups: usize) -> Result<Tensor> {
+        let (b, n, c) = t.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(t)?
+            .reshape((b, n, 3, groups, c / groups))?
+            .permute((2, 0, 3, 4, 1))?;
+        // Each [b, groups, c/groups, n]: `attention` scales by 1/sqrt(last dim) = 1/sqrt(n).
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let ctx = attention(&q, &k, &v, None)?
+            .permute((0, 3, 1, 2))?
+            .reshape((b, n, c))?;
+        self.proj.forward(&ctx)
+    }
+}
+
+/// The DaViT backbone: pixels `[b, 3, H, W]` to the last stage's map `[b, C, H/32, W/32]`.
+pub struct Davit {
+    stages: Vec<(ConvEmbed, Vec<(HalfBlocks, HalfBlocks)>)>,
+}
+
+impl Davit {
+    pub fn new(cfg: &DavitConfig, vb: VarBuilder) -> Result<Self> {
+        let n = cfg.embed_dim.len();
+        for (what, len) in [
+            ("depths", cfg.depths.len()),
+            ("num_heads", cfg.num_heads.len()),
+            ("num_groups", cfg.num_groups.len()),
+            ("patch_size", cfg.patch_size.len()),
+            ("patch_stride", cfg.patch_stride.len()),
+            ("patch_padding", cfg.patch_padding.len()),
+            ("patch_prenorm", cfg.patch_prenorm.len()),
+        ] {
+            if len != n {
+                candle_core::bail!("vision_config: {what} has {len} stages, embed_dim has {n}");
+            }
+        }
+        let stages = (0..n)
+            .map(|s| {
+                let conv = ConvEmbed::new(cfg, s, vb.pp("convs").pp(s))?;
+                let blocks = (0..cfg.depths[s])
+                    .map(|i| {
+                        let v = vb.pp("blocks").pp(s).pp(i);
+                        let window = Mixer::Window {
+                            heads: cfg.num_heads[s],
+                            window: cfg.window_size,
+                        };
+                        let channel = Mixer::Channel {
+                            groups: cfg.num_groups[s],
+                        };
+                        Ok((
+                            HalfBlocks::new(cfg, s, window, v.pp("spatial_block"))?,
+                            HalfBlocks::new(cfg, s, channel, v.pp("channel_block"))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((conv, blocks))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { stages })
+    }
+
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let mut x = pixels.clone();
+        for (conv, blocks) in &self.stages {
+            x = conv.forward(&x)?;
+            for (spatial, channel) in blocks {
+                x = channel.forward(&spatial.forward(&x)?)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The image tokens: the last stage's map plus learned 2-D positions and the first cosine
+/// "temporal" embedding, as one mean-pooled token followed by every position, projected to
+/// the language model's width and normed.
+pub struct Projector {
+    row: Embedding,
+    column: Embedding,
+    /// The cosine embedding of frame 0, `[C]`.
+    temporal: Tensor,
+    projection: Linear,
+    norm: LayerNorm,
+}
+
+impl Projector {
+    /// `projection` is the `[out, in]` weight (the original checkpoints store it transposed).
+    pub fn new(cfg: &DavitConfig, projection: Tensor, vb: VarBuilder) -> Result<Self> {
+        let c = *cfg.embed_dim.last().unwrap_or(&0);
+        let p = cfg.projection_dim;
+        let rows = cfg.max_position_embeddings;
+        let pos = vb.pp("image_position_embed");
+        let row = candle_nn::embedding(rows, c / 2, pos.pp("row_embeddings"))?;
+        let column = candle_nn::embedding(rows, c - c / 2, pos.pp("column_embeddings"))?;
+        let table = "visual_temporal_embed.pos_idx_to_embed";
+        let temporal = if vb.contains_tensor(table) {
+            vb.get((cfg.max_temporal_embeddings, c), table)?.get(0)?
+        } else {
+            // A buffer, computed from its definition: sin(0) = 0 at even, cos(0) = 1 at odd.
+            let values: Vec<f32> = (0..c).map(|i| (i % 2) as f32).collect();
+            Tensor::from_vec(values, c, vb.device())?.to_dtype(vb.dtype())?
+        };
+        Ok(Self {
+            row,
+            column,
+            temporal,
+            projection: Linear::new(projection, None),
+            norm: layer_norm(p, LN_EPS, vb.pp("image_proj_norm"))?,
+        })
+    }
+
+    /// `map` `[b, C, h, w]` to `[b, 1 + h·w, projection_dim]`.
+    pub fn forward(&self, map: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = map.dims4()?;
+        let device = map.device();
+        let x_emb = self
+            .column
+            .forward(&Tensor::arange(0u32, w as u32, device)?)?;
+        let y_emb = self.row.forward(&Tensor::arange(0u32, h as u32, device)?)?;
+        let cx = x_emb.dim(1)?;
+        let pos = Tensor::cat(
+            &[
+                x_emb.unsqueeze(0)?.broadcast_as((h, w, cx))?,
+                y_emb.unsqueeze(1)?.broadcast_as((h, w, c - cx))?,
+            ],
+            2,
+        )?;
+        // [b, h·w, C]: the map's tokens with their positions and the temporal embedding.
+        let tokens = to_tokens(map)?
+            .broadcast_add(&pos.reshape((h * w, c))?)?
+            .broadcast_add(&self.temporal)?;
+        let pooled = tokens.mean_keepdim(1)?;
+        let all = Tensor::cat(&[pooled, tokens], 1)?;
+        self.norm.forward(&self.projection.forward(&all)?)
+    }
+}
