@@ -18,6 +18,12 @@ random weights (speed does not depend on the weights), so nothing is downloaded 
   1024-wide ViT, patch 16, 2x2 merge, DeepStack at blocks 5/11/17, + a 28-layer 2048-wide Qwen3
   decoder, GQA 16/8 heads of 128, interleaved M-RoPE [24, 20, 20], tied embeddings, vocab
   151936; ~2128M params, ~4.3 GB in bfloat16)
+* ``florence2-base/``, ``florence2-large/`` -- florence-community/Florence-2-base / -large
+  (``Florence2ForConditionalGeneration`` in transformers 5's layout: DaViT [128, 256, 512, 1024]
+  / [256, 512, 1024, 2048] wide, depths [1, 1, 9, 1], window 12, at 768x768 (577 image tokens),
+  + BART 6+6 layers 768 wide / 12+12 layers 1024 wide, vocab 51289 + ``<image>`` padded to 51328;
+  ~232M / ~771M params; float32; the generation config of the model cards: 3 beams, no-repeat
+  3-grams, forced bos/eos, early stopping)
 
 Files, all written by ``save_pretrained``: ``config.json``, ``model.safetensors`` (float32, as on
 the Hub), ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, a stand-alone
@@ -743,8 +749,91 @@ def make_qwen3_vl(name: str, out: Path, seed: int) -> None:
     report(name, out, n_params, t0)
 
 
+# --------------------------------------------------------------------------------------
+# Captions and boxes: florence-community/Florence-2-base and -large
+# --------------------------------------------------------------------------------------
+FLORENCE_BART_VOCAB = 50265  # facebook/bart-large: <s> <pad> </s> <unk> ... <mask> = 50264
+FLORENCE_ADDED = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" for i in range(1000)]
+                  + ["<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
+                     "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
+                     "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>"])
+FLORENCE_SIZES = {
+    "florence2-base": (dict(embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
+                            projection_dim=768),
+                       dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072)),
+    "florence2-large": (dict(embed_dim=[256, 512, 1024, 2048], num_heads=[8, 16, 32, 64], num_groups=[8, 16, 32, 64],
+                             projection_dim=1024),
+                        dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                             decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)),
+}
+
+
+def build_florence_tokenizer():
+    """A BART byte-level BPE of the real size (fillers after the learned merges, as for GPT-2),
+    Florence-2's added tokens, and <image> last (id 51289)."""
+    from transformers import AddedToken, RobertaTokenizer
+    from generate_ved import bytes_to_unicode as b2u, learn_gpt2_bpe
+
+    merges = learn_gpt2_bpe(10_000)
+    vocab_list = ["<s>", "<pad>", "</s>", "<unk>"] + list(b2u().values())
+    seen = set(vocab_list)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            vocab_list.append(a + b)
+    vocab_list += [f"Ġw{i}" for i in range(len(vocab_list), FLORENCE_BART_VOCAB - 1)]
+    vocab_list.append("<mask>")
+    tok = RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, merges=[tuple(m) for m in merges],
+                           model_max_length=1024)
+    tok.add_special_tokens({"additional_special_tokens": FLORENCE_ADDED})
+    tok.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    with tempfile.TemporaryDirectory() as td:
+        tok.save_pretrained(td)
+        path = Path(td) / "tokenizer_config.json"
+        config = json.loads(path.read_text())
+        config["extra_special_tokens"] = {"image_token": "<image>"}
+        path.write_text(json.dumps(config))
+        tok = RobertaTokenizer.from_pretrained(td)
+    assert tok.image_token_id == 51289 == len(tok) - 1, (tok.image_token_id, len(tok))
+    return tok
+
+
+def make_florence2(name: str, out: Path, seed: int) -> None:
+    from transformers import BartConfig, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    t0 = time.perf_counter()
+    tok = build_florence_tokenizer()
+    vision, text = FLORENCE_SIZES[name]
+    ip = CLIPImageProcessorPil(
+        do_resize=True, size={"height": 768, "width": 768}, resample=3, do_center_crop=False,
+        crop_size={"height": 768, "width": 768}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+        image_seq_length=577,
+    )
+    config = Florence2Config(
+        vision_config=dict(model_type="florence_vision", depths=[1, 1, 9, 1], window_size=12, **vision),
+        text_config=BartConfig(vocab_size=51328, max_position_embeddings=1024, activation_function="gelu",
+                               scale_embedding=False, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                               decoder_start_token_id=2, forced_eos_token_id=2, **text).to_dict(),
+        image_token_id=tok.image_token_id,
+    )
+    config.architectures = ["Florence2ForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1, forced_bos_token_id=0,
+        forced_eos_token_id=2, no_repeat_ngram_size=3, num_beams=3, early_stopping=True, max_length=1025)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    Florence2Processor(image_processor=ip, tokenizer=tok).save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    report(name, out, n_params, t0)
+
+
 BUILDERS = {"blip-base": make_blip, "blip-large": make_blip, "clip-b32": make_clip, "siglip-b16": make_siglip,
-            "vit-gpt2": make_vit_gpt2, "qwen3-vl-2b": make_qwen3_vl}
+            "vit-gpt2": make_vit_gpt2, "qwen3-vl-2b": make_qwen3_vl,
+            "florence2-base": make_florence2, "florence2-large": make_florence2}
 
 
 def main() -> int:

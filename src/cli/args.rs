@@ -30,6 +30,8 @@ pub enum Command {
     Classify(Box<ClassifyArgs>),
     /// Tag each image with every word of a vocabulary that fits it, zero-shot (CLIP, SigLIP).
     Label(Box<LabelArgs>),
+    /// Find objects, regions, phrases or text in each image, as boxes (Florence-2).
+    Detect(Box<DetectArgs>),
     /// Run a pipeline file (or a shipped preset): several stages over each image in one pass.
     Run(Box<PipelineArgs>),
     /// Measure quality: caption metrics and CLIPScore, classification accuracy and F1.
@@ -374,6 +376,41 @@ pub struct CaptionArgs {
     pub generation: GenerationArgs,
     #[command(flatten)]
     pub rerank: RerankArgs,
+    /// Florence-2: caption, detailed, more-detailed (the default) or ocr. --prompt "<TASK>"
+    /// passes a task token as it is (a fine-tune's own, e.g. <GENERATE_TAGS>).
+    #[arg(long, conflicts_with = "prompt")]
+    pub task: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// od (objects with category names), dense-region (regions with descriptions), grounding
+    /// (boxes for each phrase of --labels) or ocr-region (text with its quadrilateral).
+    #[arg(long, default_value = "od")]
+    pub task: String,
+    /// The phrases to find, comma-separated (--task grounding).
+    #[arg(long, conflicts_with = "labels_file")]
+    pub labels: Option<String>,
+    /// The phrases to find, one per line (--task grounding).
+    #[arg(long, value_name = "FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// Also write a copy of each image with its boxes and labels drawn into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub draw: Option<PathBuf>,
+    /// Most new tokens per image (default 1024).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Beams (default: the model's generation_config, 3 for Florence-2).
+    #[arg(long)]
+    pub num_beams: Option<usize>,
 }
 
 #[derive(Args, Debug)]

@@ -46,6 +46,20 @@ pub(crate) fn run(args: CaptionArgs) -> Result<ExitCode> {
     }
     let params = GenerationParams::default().with(&g.overrides());
     let captioner = Captioner::load(&files, &device, dtype)?;
+    let task = match (&args.task, captioner.reads_tasks()) {
+        (Some(name), true) => Some(
+            glance::models::florence2::processor::task_token(
+                name,
+                glance::models::florence2::processor::CAPTION_TASKS,
+            )?
+            .to_string(),
+        ),
+        (Some(_), false) => anyhow::bail!(
+            "--task is for Florence-2; {} takes a caption prefix with --prompt",
+            captioner.name()
+        ),
+        (None, _) => None,
+    };
     if !args.run.quiet {
         eprintln!(
             "glance: {} on {}",
@@ -55,7 +69,7 @@ pub(crate) fn run(args: CaptionArgs) -> Result<ExitCode> {
     }
     let mut stage = CaptionStage::new(
         captioner,
-        g.prompt.as_deref(),
+        task.as_deref().or(g.prompt.as_deref()),
         params,
         g.max_new_tokens,
         g.num_beams,

@@ -5,6 +5,7 @@
 mod args;
 mod caption;
 mod classify;
+mod detect;
 mod eval;
 mod pipeline;
 
@@ -33,6 +34,7 @@ pub fn run() -> ExitCode {
         Command::Caption(args) => caption::run(*args),
         Command::Classify(args) => classify::classify(*args),
         Command::Label(args) => classify::label(*args),
+        Command::Detect(args) => detect::run(*args),
         Command::Run(args) => pipeline::run(*args),
         Command::Eval(args::EvalCommand::Captions(args)) => eval::captions(*args),
         Command::Eval(args::EvalCommand::Classify(args)) => eval::classify(args),
@@ -234,6 +236,17 @@ pub(crate) fn run_stages(
     sort: Option<SortInto>,
     stages: &mut [&mut dyn Stage],
 ) -> Result<RunReport> {
+    run_stages_into(run, output, sort, None, stages)
+}
+
+/// [`run_stages`], also drawing detections into `draw` when given.
+pub(crate) fn run_stages_into(
+    run: &RunArgs,
+    output: &OutputOptions,
+    sort: Option<SortInto>,
+    draw: Option<PathBuf>,
+    stages: &mut [&mut dyn Stage],
+) -> Result<RunReport> {
     let spec = InputSpec {
         args: run.inputs.clone(),
         shard: shard(run)?,
@@ -259,6 +272,14 @@ pub(crate) fn run_stages(
     let (sink, resume) = open_sink(&output)?;
     let sink = match sort {
         Some(sort) => Box::new(SortingSink::new(sink, sort)),
+        None => sink,
+    };
+    let sink: Box<dyn glance::output::RecordSink + Send> = match draw {
+        Some(dir) => Box::new(glance::run::draw::DrawingSink::new(
+            sink,
+            dir,
+            run.max_image_pixels,
+        )?),
         None => sink,
     };
     let threads = std::thread::available_parallelism()

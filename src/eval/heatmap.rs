@@ -41,7 +41,7 @@ fn clip_label(label: &str) -> String {
     }
 }
 
-fn put(img: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
+pub(crate) fn put(img: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
     if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
         img.put_pixel(x as u32, y as u32, color);
     }
@@ -49,7 +49,15 @@ fn put(img: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
 
 /// Text with its top-left corner at (x, y); `upward` turns it 90° so it reads bottom to top,
 /// starting at (x, y) as its bottom-left corner.
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64, color: Rgb<u8>, upward: bool) {
+pub(crate) fn text(
+    img: &mut RgbImage,
+    x: i64,
+    y: i64,
+    s: &str,
+    scale: i64,
+    color: Rgb<u8>,
+    upward: bool,
+) {
     for (k, c) in s.chars().enumerate() {
         let rows = glyph(c);
         for (gy, row) in rows.iter().enumerate() {

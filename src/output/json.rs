@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::jsonl::{lines_file, repair_lines_file, LineWriter};
 use super::LabelStudioOptions;
-use super::{coco, label_studio, read_if_exists, with_suffix, write_atomic};
+use super::{coco, label_studio, read_if_exists, with_suffix, write_atomic, yolo};
 use super::{Format, OutputOptions, Record, RecordSink, ResumeState, Summary};
 
 /// The journal beside a whole-document output.
@@ -87,6 +87,14 @@ pub(crate) fn open(
 
 /// Successful records of a finished document at `path`, if it exists.
 fn load_document(path: &Path, opts: &OutputOptions) -> Result<Vec<Record>> {
+    if opts.format == Format::Yolo {
+        let records = repair_lines_file(&yolo::records_path(path))?.records;
+        let mut seen = HashSet::new();
+        return Ok(records
+            .into_iter()
+            .filter(|r| r.is_ok() && seen.insert(r.file.clone()))
+            .collect());
+    }
     let Some(bytes) = read_if_exists(path)? else {
         return Ok(Vec::new());
     };
@@ -155,6 +163,19 @@ impl RecordSink for DocumentSink {
     }
 
     fn finish(mut self: Box<Self>) -> Result<Summary> {
+        if self.format == Format::Yolo {
+            if let Target::File { path, journal } = &mut self.target {
+                journal.flush()?;
+                yolo::write(path, &self.records, self.coco_root.as_deref())?;
+                let journal = journal_path(path);
+                if journal.exists() {
+                    fs::remove_file(&journal).with_context(|| {
+                        format!("cannot remove journal '{}'", journal.display())
+                    })?;
+                }
+            }
+            return Ok(self.summary);
+        }
         let bytes = self.render()?;
         match &mut self.target {
             Target::Stdout(out) => out

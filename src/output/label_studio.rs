@@ -64,6 +64,32 @@ fn task(rec: &Record, opts: &LabelStudioOptions) -> Value {
             "value": {"text": [caption]},
         }));
     }
+    let found = rec.fields.get("detections").and_then(Value::as_array);
+    let size = |k: &str| {
+        rec.fields
+            .get(k)
+            .and_then(Value::as_f64)
+            .filter(|v| *v > 0.0)
+    };
+    if let (Some(found), Some(w), Some(h)) = (found, size("width"), size("height")) {
+        for d in found {
+            let Some(b) = d["box"].as_array().filter(|b| b.len() == 4) else {
+                continue;
+            };
+            let b: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
+            let (x1, x2) = (b[0].min(b[2]), b[0].max(b[2]));
+            let (y1, y2) = (b[1].min(b[3]), b[1].max(b[3]));
+            result.push(json!({
+                "from_name": opts.from_name, "to_name": opts.to_name, "type": "rectanglelabels",
+                "original_width": w, "original_height": h, "image_rotation": 0,
+                "value": {
+                    "x": x1 / w * 100.0, "y": y1 / h * 100.0,
+                    "width": (x2 - x1) / w * 100.0, "height": (y2 - y1) / h * 100.0,
+                    "rotation": 0, "rectanglelabels": [d["label"]],
+                },
+            }));
+        }
+    }
     let mut prediction = Map::new();
     prediction.insert("model_version".into(), "glance".into());
     if let Some(score) = rec.fields.get("score").filter(|s| s.is_number()) {
@@ -124,6 +150,30 @@ pub(crate) fn parse(doc: &Value) -> Result<Vec<Record>> {
                         rec.fields.insert("caption".into(), text.clone());
                     }
                 }
+                Some("rectanglelabels") => {
+                    let n = |p: &str| result.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
+                    let (w, h) = (n("/original_width"), n("/original_height"));
+                    let (x, y) = (n("/value/x") * w / 100.0, n("/value/y") * h / 100.0);
+                    let (bw, bh) = (
+                        n("/value/width") * w / 100.0,
+                        n("/value/height") * h / 100.0,
+                    );
+                    // Boxes are whole pixels: rounding undoes the percentages exactly.
+                    let b = [x.round(), y.round(), (x + bw).round(), (y + bh).round()];
+                    let label = result
+                        .pointer("/value/rectanglelabels/0")
+                        .cloned()
+                        .unwrap_or_default();
+                    rec.fields.insert("width".into(), json!(w as i64));
+                    rec.fields.insert("height".into(), json!(h as i64));
+                    let entry = rec
+                        .fields
+                        .entry("detections")
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(list) = entry {
+                        list.push(json!({"label": label, "box": b.map(|v| v as i64)}));
+                    }
+                }
                 _ => {}
             }
         }
@@ -178,5 +228,25 @@ mod tests {
         let back = parse(&doc).unwrap();
         assert_eq!(render(&back, &opts), doc);
         assert!(parse(&json!([{"data": {}}])).is_err());
+    }
+
+    #[test]
+    fn boxes_become_rectangles_in_percent_and_back() {
+        let opts = LabelStudioOptions::default();
+        let records = vec![Record::new("a.jpg")
+            .with_field("width", 451)
+            .with_field("height", 300)
+            .with_field(
+                "detections",
+                json!([{"label": "cat", "box": [193, 128, 333, 160]}, {"label": "ear", "box": [241, 160, 193, 128]}]),
+            )];
+        let doc = render(&records, &opts);
+        let r = &doc[0]["predictions"][0]["result"][1];
+        assert_eq!(r["type"], "rectanglelabels");
+        assert_eq!(r["value"]["rectanglelabels"], json!(["ear"]));
+        assert!((r["value"]["x"].as_f64().unwrap() - 193.0 / 451.0 * 100.0).abs() < 1e-9);
+        assert!((r["value"]["height"].as_f64().unwrap() - 32.0 / 300.0 * 100.0).abs() < 1e-9);
+        let back = parse(&doc).unwrap();
+        assert_eq!(render(&back, &opts), doc);
     }
 }

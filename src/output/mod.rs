@@ -30,6 +30,8 @@
 //! - **Label Studio**: a JSON array of tasks `{"data": {"image", "file"}, "predictions": [{"model_version",
 //!   "score", "result"}]}` with labels as a `choices` result and a caption as a `textarea` result (see
 //!   `label_studio.rs`); failed records are left out. Written at finish, journaled like JSON.
+//! - **YOLO** (detections): a directory of `<name>.txt` label files, `classes.txt`, `data.yaml` and
+//!   `records.jsonl` (see `yolo.rs`), written at finish, journaled like JSON.
 //! - **TXT sidecars**: for each successful record, the text of `text_field` is written to the image's path with
 //!   its extension replaced by `sidecar_ext` (`/a/b/img.jpg` → `/a/b/img.txt`), atomically (tmp + rename),
 //!   without a trailing newline, following [`Existing`] when the file exists. Error records write nothing and
@@ -63,6 +65,7 @@ mod read;
 mod record;
 mod resume;
 mod sidecar;
+mod yolo;
 
 pub use json::journal_path;
 pub use label_studio::LabelStudioOptions;
@@ -91,9 +94,11 @@ pub enum Format {
     Coco,
     Txt,
     LabelStudio,
+    /// Detection boxes as a YOLO label directory (`--format yolo -o DIR`).
+    Yolo,
 }
 
-const FORMAT_NAMES: &str = "jsonl, json, csv, coco, txt, labelstudio";
+const FORMAT_NAMES: &str = "jsonl, json, csv, coco, txt, labelstudio, yolo";
 
 impl Format {
     /// Infers the format from an output path's extension: `.jsonl`/`.ndjson`, `.json`, `.csv`, `.txt`.
@@ -128,6 +133,7 @@ impl FromStr for Format {
             "coco" => Ok(Format::Coco),
             "txt" | "sidecar" => Ok(Format::Txt),
             "labelstudio" | "label-studio" | "ls" => Ok(Format::LabelStudio),
+            "yolo" => Ok(Format::Yolo),
             _ => Err(OptionError(format!(
                 "unknown output format '{s}'; choose one of {FORMAT_NAMES}"
             ))),
@@ -144,6 +150,7 @@ impl fmt::Display for Format {
             Format::Coco => "coco",
             Format::Txt => "txt",
             Format::LabelStudio => "labelstudio",
+            Format::Yolo => "yolo",
         })
     }
 }
@@ -312,10 +319,15 @@ pub fn open_sink_with_stdout(
     if opts.resume && opts.path.is_none() {
         bail!("resume needs an output file, not standard output");
     }
+    if opts.format == Format::Yolo && opts.path.is_none() {
+        bail!("yolo writes a directory of label files: give it with -o DIR");
+    }
     match opts.format {
         Format::Jsonl => jsonl::open(opts, stdout),
         Format::Csv => csv::open(opts, stdout),
-        Format::Json | Format::Coco | Format::LabelStudio => json::open(opts, stdout),
+        Format::Json | Format::Coco | Format::LabelStudio | Format::Yolo => {
+            json::open(opts, stdout)
+        }
         Format::Txt => Ok(sidecar::open(opts)),
     }
 }

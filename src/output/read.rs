@@ -19,6 +19,10 @@ pub struct Part {
 /// resumed) is left out, so that image counts as missing; any other damage is an error naming
 /// the file. COCO captions come back under `text_field`, COCO's `errors` as error records.
 pub fn read_records(path: &Path, format: Format, text_field: &str) -> Result<Part> {
+    if format == Format::Yolo {
+        // A YOLO directory keeps its records beside the label files.
+        return read_records(&super::yolo::records_path(path), Format::Jsonl, text_field);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let what = |m: &str| format!("{}: {m}", path.display());
     let mut csv_columns = None;
@@ -117,6 +121,7 @@ pub fn read_records(path: &Path, format: Format, text_field: &str) -> Result<Par
                 }
             }
         }
+        Format::Yolo => bail!(what("a YOLO directory is read through its records.jsonl")),
         Format::Txt => {
             bail!("sidecar .txt outputs lie beside the images: there is nothing to merge")
         }

@@ -4,6 +4,7 @@
 //! merge of a sharded job's parts ([`merge`]). Runs use
 //! tasks and outputs; the CLI uses runs.
 
+pub mod draw;
 pub mod inputs;
 pub mod merge;
 pub mod pipeline;

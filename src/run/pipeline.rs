@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [[stage]]
-//! task = "caption"                      # caption | classify | label
+//! task = "caption"                      # caption | classify | label | detect
 //! model = "Salesforce/blip-image-captioning-base"
 //! num_beams = 3
 //!
@@ -36,6 +36,8 @@ use crate::tasks::Stage;
 pub const DEFAULT_CAPTION_MODEL: &str = "Salesforce/blip-image-captioning-base";
 /// The image–text model used for classify and label when none is named.
 pub const DEFAULT_ZERO_SHOT_MODEL: &str = "openai/clip-vit-base-patch32";
+/// The detection model used when none is named: Florence-2-base in transformers 5's layout.
+pub const DEFAULT_DETECT_MODEL: &str = "florence-community/Florence-2-base";
 
 /// Presets shipped in `pipelines/` (compiled in, so `--pipeline NAME` works anywhere).
 const PRESETS: &[(&str, &str)] = &[
@@ -114,6 +116,23 @@ pub enum StageSpec {
         #[serde(default = "default_max_tags")]
         max_tags: usize,
     },
+    /// Boxes from Florence-2 (`glance detect`): `detect_task` is its `--task`.
+    Detect {
+        name: Option<String>,
+        model: Option<String>,
+        revision: Option<String>,
+        #[serde(default = "default_detect_task")]
+        detect_task: String,
+        /// Phrases to find (`detect_task = "grounding"`).
+        labels: Option<Vec<String>>,
+        labels_file: Option<String>,
+        max_new_tokens: Option<usize>,
+        num_beams: Option<usize>,
+    },
+}
+
+fn default_detect_task() -> String {
+    "od".into()
 }
 
 fn default_top_k() -> usize {
@@ -278,12 +297,19 @@ fn check_stage_keys(doc: &toml::Table) -> std::result::Result<(), String> {
             ],
             "classify" => &["top_k", "multi_label", "threshold", "min_score"],
             "label" => &["threshold", "max_tags"],
+            "detect" => &[
+                "detect_task",
+                "labels",
+                "labels_file",
+                "max_new_tokens",
+                "num_beams",
+            ],
             _ => continue, // serde names the bad task
         };
         for key in table.keys() {
             let known = COMMON_KEYS.contains(&key.as_str())
                 || own.contains(&key.as_str())
-                || (task != "caption" && LABEL_KEYS.contains(&key.as_str()));
+                || (!matches!(task, "caption" | "detect") && LABEL_KEYS.contains(&key.as_str()));
             if !known {
                 return Err(format!(
                     "stage {} ({task}) has an unknown option '{key}'",
@@ -411,6 +437,7 @@ impl StageSpec {
             StageSpec::Caption { name, .. } => (name, "caption"),
             StageSpec::Classify { name, .. } => (name, "classify"),
             StageSpec::Label { name, .. } => (name, "label"),
+            StageSpec::Detect { name, .. } => (name, "detect"),
         };
         name.clone().unwrap_or_else(|| task.to_string())
     }
@@ -421,6 +448,7 @@ impl StageSpec {
             StageSpec::Caption { .. } => &["caption"],
             StageSpec::Classify { .. } => &["label", "score"],
             StageSpec::Label { .. } => &["labels"],
+            StageSpec::Detect { .. } => &["detections"],
         }
     }
 
@@ -535,6 +563,34 @@ impl StageSpec {
                 };
                 let stage =
                     ClassifyStage::new(m, tags, &labels.templates(base)?, mode, self.name())?;
+                Ok(Box::new(stage))
+            }
+            StageSpec::Detect {
+                model,
+                revision,
+                detect_task,
+                labels,
+                labels_file,
+                max_new_tokens,
+                num_beams,
+                ..
+            } => {
+                let files = model_files(model, revision, DEFAULT_DETECT_MODEL)?;
+                let phrases = match (labels, labels_file) {
+                    (Some(l), _) => Some(l.clone()),
+                    (None, Some(f)) => Some(prompts::read_list(&resolve(base, f))?),
+                    (None, None) => None,
+                };
+                let captioner = Captioner::load(&files, device, dtype)?;
+                let mut stage = crate::tasks::detect::DetectStage::new(
+                    captioner,
+                    detect_task,
+                    phrases,
+                    GenerationParams::default(),
+                    *max_new_tokens,
+                    *num_beams,
+                )?;
+                stage.name = self.name();
                 Ok(Box::new(stage))
             }
         }

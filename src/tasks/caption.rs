@@ -30,6 +30,8 @@ pub struct Captioner {
     rules: TokenRules,
     /// `generation_config.json`'s `early_stopping`, for beam search.
     early_stopping: EarlyStopping,
+    /// Florence-2's grounding phrases that are never boxes (empty for other models).
+    grounding_banned: Vec<String>,
     tokenizer: Tokenizer,
     preprocessor: Preprocessor,
     device: Device,
@@ -111,10 +113,28 @@ impl Captioner {
                 message,
             }
         })?;
+        let grounding_banned = match parts.prompt {
+            PromptStyle::Task { .. } => {
+                let listed = match files.get_optional("processor_config.json")? {
+                    Some(path) => {
+                        models::florence2::processor::banned_grounding(&read_json(&path)?)
+                    }
+                    None => None,
+                };
+                listed.unwrap_or_else(|| {
+                    models::florence2::processor::DEFAULT_BANNED_GROUNDING
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                })
+            }
+            _ => Vec::new(),
+        };
         Ok(Self {
             parts,
             rules,
             early_stopping,
+            grounding_banned,
             tokenizer,
             preprocessor,
             device: device.clone(),
@@ -197,6 +217,11 @@ impl Captioner {
     /// Whether the prompt is a task the encoder reads (Florence-2) rather than a caption prefix.
     pub fn reads_tasks(&self) -> bool {
         matches!(self.parts.prompt, PromptStyle::Task { .. })
+    }
+
+    /// Phrases phrase grounding never boxes (Florence-2's `banned_grounding_tokens`).
+    pub fn grounding_banned(&self) -> &[String] {
+        &self.grounding_banned
     }
 
     /// The tokenizer, for callers that read generated ids themselves (detection).

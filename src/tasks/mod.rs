@@ -1,6 +1,6 @@
 //! The tasks: a loaded model that turns a batch of preprocessed images into record fields —
 //! captions ([`caption`]), zero-shot and closed-set classes and tags ([`classify`] over
-//! [`zero_shot`] and closed-set classifiers), CLIPScore ([`clip_score`]). This is the API the
+//! [`zero_shot`] and closed-set classifiers), CLIPScore ([`clip_score`]), boxes ([`detect`]). This is the API the
 //! folder runner, pipelines and a server call; tasks use models, generation, preprocessing,
 //! loading and output's record values, never the runner or the CLI.
 
@@ -8,6 +8,7 @@ pub mod caption;
 pub mod chat;
 pub mod classify;
 pub mod clip_score;
+pub mod detect;
 pub mod prompts;
 pub mod zero_shot;
 

@@ -77,6 +77,83 @@ pub const DETECT_TASKS: &[(&str, &str)] = &[
     ("ocr-region", "<OCR_WITH_REGION>"),
 ];
 
+/// Grounding phrases the processor drops (`banned_grounding_tokens`) when a checkpoint's
+/// `processor_config.json` does not list its own: pronouns, determiners, "image".
+pub const DEFAULT_BANNED_GROUNDING: &[&str] = &[
+    "it",
+    "I",
+    "me",
+    "mine",
+    "you",
+    "your",
+    "yours",
+    "he",
+    "him",
+    "his",
+    "she",
+    "her",
+    "hers",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "one",
+    "oneself",
+    "we",
+    "us",
+    "our",
+    "ours",
+    "its",
+    "myself",
+    "yourself",
+    "himself",
+    "herself",
+    "itself",
+    "ourselves",
+    "yourselves",
+    "themselves",
+    "this",
+    "that",
+    "these",
+    "those",
+    "who",
+    "whom",
+    "whose",
+    "which",
+    "what",
+    "all",
+    "another",
+    "any",
+    "anybody",
+    "anyone",
+    "anything",
+    "each",
+    "everybody",
+    "everyone",
+    "everything",
+    "few",
+    "many",
+    "nobody",
+    "none",
+    "several",
+    "some",
+    "somebody",
+    "someone",
+    "something",
+    "each other",
+    "one another",
+    "the image",
+    "image",
+    "images",
+    "the",
+    "a",
+    "an",
+    "a group",
+    "other objects",
+    "lots",
+    "a set",
+];
+
 /// The caption task when none is given: what taggui and kohya's script default to.
 pub const DEFAULT_CAPTION_TASK: &str = "<MORE_DETAILED_CAPTION>";
 
@@ -142,6 +219,20 @@ impl Answer {
             _ => Self::Text,
         }
     }
+}
+
+/// The banned grounding phrases of a `processor_config.json`, if it lists them.
+pub fn banned_grounding(processor_config: &serde_json::Value) -> Option<Vec<String>> {
+    let list = processor_config
+        .get("post_processor_config")?
+        .get("phrase_grounding")?
+        .get("banned_grounding_tokens")?
+        .as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    )
 }
 
 /// One parsed region: a label and a box `[x1, y1, x2, y2]`, plus the quadrilateral for OCR.
