@@ -16,6 +16,13 @@ fn main() -> ExitCode {
         // Before any thread exists: nothing reads the environment concurrently.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
     }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // candle asks for its thread count on every matmul, and without this variable works
+        // it out again each time, reading /proc/cpuinfo: 15% of Florence-2's vision tower,
+        // whose depthwise convolutions are thousands of small matmuls. The same count, once.
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     cli::run()
 }
 

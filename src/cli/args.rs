@@ -408,6 +408,9 @@ pub struct DetectArgs {
     /// Most new tokens per image (default 1024).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+    /// Fewest new tokens before the answer may end (benchmarks pin lengths with it).
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
     /// Beams (default: the model's generation_config, 3 for Florence-2).
     #[arg(long)]
     pub num_beams: Option<usize>,

@@ -29,7 +29,10 @@ pub(crate) fn run(args: DetectArgs) -> Result<ExitCode> {
         captioner,
         &args.task,
         phrases,
-        GenerationParams::default(),
+        GenerationParams {
+            min_new_tokens: args.min_new_tokens.unwrap_or(0),
+            ..GenerationParams::default()
+        },
         args.max_new_tokens,
         args.num_beams,
     )?;

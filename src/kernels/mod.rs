@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod depthwise;
 pub mod few_rows;
 pub mod gemm_bf16;
 pub mod softmax;

@@ -10,6 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, Embedding, LayerNorm, VarBuilder};
 
 use super::config::DavitConfig;
+use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
 use crate::layers::linear::{linear, Linear};
 
@@ -57,15 +58,37 @@ impl ConvEmbed {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.pre_norm {
-            channels_norm(&self.norm, x)?
-                .contiguous()?
-                .apply(&self.conv)
-        } else {
-            channels_norm(&self.norm, &x.apply(&self.conv)?)
-        }
+    /// The previous stage's tokens (or, first, the pixels as a map) to this stage's tokens and
+    /// map size.
+    fn forward(&self, input: Features) -> Result<(Tensor, (usize, usize))> {
+        let map = match input {
+            Features::Pixels(pixels) if self.pre_norm => channels_norm(&self.norm, pixels)?,
+            Features::Pixels(pixels) => pixels.clone(),
+            Features::Tokens(t, (h, w)) => {
+                let t = match self.pre_norm {
+                    true => t.apply(&self.norm)?,
+                    false => t.clone(),
+                };
+                let (b, _, c) = t.dims3()?;
+                to_map(&t, (b, c, h, w))?.contiguous()?
+            }
+        };
+        let out = map.apply(&self.conv)?;
+        let (_, _, h, w) = out.dims4()?;
+        let tokens = to_tokens(&out)?.contiguous()?;
+        let tokens = match self.pre_norm {
+            true => tokens,
+            false => tokens.apply(&self.norm)?,
+        };
+        Ok((tokens, (h, w)))
     }
+}
+
+/// What a stage's patch embedding reads.
+enum Features<'a> {
+    Pixels(&'a Tensor),
+    /// `[b, h·w, c]` of an `h × w` map.
+    Tokens(&'a Tensor, (usize, usize)),
 }
 
 fn depthwise(dim: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -77,10 +100,32 @@ fn depthwise(dim: usize, vb: VarBuilder) -> Result<Conv2d> {
     candle_nn::conv2d(dim, dim, 3, cfg, vb)
 }
 
+/// `conv(x) + x` for a depthwise 3×3 `conv` over tokens `t` `[b, h·w, c]`: glance's
+/// channels-last kernel on the CPU in f32, candle's convolution on an NCHW copy elsewhere.
+fn depthwise_residual(
+    conv: &Conv2d,
+    t: &Tensor,
+    shape: (usize, usize, usize, usize),
+) -> Result<Tensor> {
+    let (_, _, h, w) = shape;
+    match conv.bias() {
+        Some(bias) if crate::kernels::host_f32(t) && crate::kernels::host_f32(conv.weight()) => {
+            crate::kernels::depthwise::depthwise3x3_residual(t, (h, w), conv.weight(), bias)
+        }
+        _ => {
+            let map = to_map(t, shape)?;
+            to_tokens(&(map.apply(conv)? + map)?)
+        }
+    }
+}
+
 struct Mlp {
     fc1: Linear,
     fc2: Linear,
 }
+
+/// transformers' "gelu" (erf), on glance's vectorised kernel where it applies.
+const GELU: HiddenAct = HiddenAct::Other(candle_nn::Activation::Gelu);
 
 impl Mlp {
     fn new(dim: usize, ratio: f64, vb: VarBuilder) -> Result<Self> {
@@ -92,7 +137,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&self.fc1.forward(x)?.apply(&GELU)?)
     }
 }
 
@@ -139,21 +184,18 @@ impl HalfBlocks {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let shape = x.dims4()?;
-        let x = (x.apply(&self.conv1)? + x)?;
-        let t = to_tokens(&x)?;
+    /// Tokens `[b, h·w, c]` of a `(b, c, h, w)` map, through both halves.
+    fn forward(&self, t: &Tensor, shape: (usize, usize, usize, usize)) -> Result<Tensor> {
+        let t = depthwise_residual(&self.conv1, t, shape)?;
         let mixed = match self.mixer {
             Mixer::Window { heads, window } => {
                 self.window_attention(&t.apply(&self.norm1)?, shape, heads, window)?
             }
             Mixer::Channel { groups } => self.channel_attention(&t.apply(&self.norm1)?, groups)?,
         };
-        let x = to_map(&(t + mixed)?, shape)?;
-        let x = (x.apply(&self.conv2)? + x)?;
-        let t = to_tokens(&x)?;
-        let t = (self.ffn.forward(&t.apply(&self.norm2)?)? + t)?;
-        to_map(&t, shape)
+        let t = (t + mixed)?;
+        let t = depthwise_residual(&self.conv2, &t, shape)?;
+        self.ffn.forward(&t.apply(&self.norm2)?)? + t
     }
 
     /// `t` `[b, h·w, c]` (normed) attended within windows; zero padding at the right and bottom
@@ -222,7 +264,7 @@ impl HalfBlocks {
     }
 }
 
-/// The DaViT backbone: pixels `[b, 3, H, W]` to the last stage's map `[b, C, H/32, W/32]`.
+/// The DaViT backbone: pixels `[b, 3, H, W]` to the last stage's tokens `[b, (H/32)·(W/32), C]`.
 pub struct Davit {
     stages: Vec<(ConvEmbed, Vec<(HalfBlocks, HalfBlocks)>)>,
 }
@@ -268,15 +310,22 @@ impl Davit {
         Ok(Self { stages })
     }
 
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = pixels.clone();
+    /// The last stage's tokens and its map size.
+    pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, (usize, usize))> {
+        let mut state: Option<(Tensor, (usize, usize))> = None;
         for (conv, blocks) in &self.stages {
-            x = conv.forward(&x)?;
+            let input = match &state {
+                None => Features::Pixels(pixels),
+                Some((t, hw)) => Features::Tokens(t, *hw),
+            };
+            let (mut t, (h, w)) = conv.forward(input)?;
+            let (b, _, c) = t.dims3()?;
             for (spatial, channel) in blocks {
-                x = channel.forward(&spatial.forward(&x)?)?;
+                t = channel.forward(&spatial.forward(&t, (b, c, h, w))?, (b, c, h, w))?;
             }
+            state = Some((t, (h, w)));
         }
-        Ok(x)
+        state.ok_or_else(|| candle_core::Error::Msg("DaViT without stages".into()))
     }
 }
 
@@ -318,10 +367,10 @@ impl Projector {
         })
     }
 
-    /// `map` `[b, C, h, w]` to `[b, 1 + h·w, projection_dim]`.
-    pub fn forward(&self, map: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = map.dims4()?;
-        let device = map.device();
+    /// The last stage's tokens `[b, h·w, C]` to `[b, 1 + h·w, projection_dim]`.
+    pub fn forward(&self, tokens: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let (_, _, c) = tokens.dims3()?;
+        let device = tokens.device();
         let x_emb = self
             .column
             .forward(&Tensor::arange(0u32, w as u32, device)?)?;
@@ -335,7 +384,7 @@ impl Projector {
             2,
         )?;
         // [b, h·w, C]: the map's tokens with their positions and the temporal embedding.
-        let tokens = to_tokens(map)?
+        let tokens = tokens
             .broadcast_add(&pos.reshape((h * w, c))?)?
             .broadcast_add(&self.temporal)?;
         let pooled = tokens.mean_keepdim(1)?;

@@ -43,7 +43,8 @@ pub struct Florence2Encoder {
 impl Florence2Encoder {
     /// Image tokens `[b, 1 + h·w, d]`: the vision tower's last stage through the projector.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.projector.forward(&self.vision.forward(pixels)?)?)
+        let (tokens, size) = self.vision.forward(pixels)?;
+        Ok(self.projector.forward(&tokens, size)?)
     }
 }
 
