@@ -12,6 +12,7 @@
 #     CASES="vit-gpt2-greedy vit-gpt2-beam3" benches/bench.sh       # the ViT-GPT2 captioning cases
 #     GLANCE=/path/to/glance REPEAT=3 BENCH_LARGE=1 benches/bench.sh
 #     CASES=chat SETTINGS=like benches/bench.sh                     # Qwen3-VL-2B (not in the default set)
+#     CASES=florence SETTINGS=like benches/bench.sh                 # Florence-2 (not in the default set)
 #
 # Cases (name: what)
 #   caption  (batch BATCH, exactly NEW_TOKENS new tokens per caption):
@@ -26,6 +27,10 @@
 #   the images CHAT_IMAGES; ONLY run when CASES names them or "chat": minutes per run, each side
 #   loads 4.3 GB of weights, ~13 GB RSS for transformers in float32):
 #     qwen3-vl-2b (batch BATCH_CHAT), qwen3-vl-2b-b1 (batch 1)
+#   florence (Florence-2's architecture, random weights; batch BATCH_FL, the checkpoint's 3 beams,
+#   exactly FL_TOKENS new tokens; ONLY run when CASES names them or "florence"):
+#     florence2-base-caption (--task more-detailed), florence2-base-od (glance detect --task od),
+#     florence2-large-caption, florence2-large-od
 #
 # What it does:
 #   1. creates the models the selected cases need in bench-models/ with benches/make_models.py
@@ -87,6 +92,7 @@
 #   CUDA; transformers' times then end with torch.cuda.synchronize, and its JSON lines add the peak
 #   GPU memory)   IMAGES_TIMES [1]: run on a folder holding each image of IMAGES this many times
 #   (copies under BENCH_OUT), so that large batches fill a GPU
+#   Florence cases: BATCH_FL [4]   FL_TOKENS [32]
 #   Chat cases: BATCH_CHAT [4]: qwen3-vl-2b's batch   CHAT_TOKENS [64]   CHAT_PIXELS [262144:
 #   at most 256 image tokens an image]   CHAT_PROMPT [Describe this image in one sentence.]
 #   CHAT_IMAGES [the first 4 images of IMAGES, as glance lists them]: space-separated image files
@@ -120,6 +126,8 @@ BATCH_CHAT=${BATCH_CHAT:-4}
 CHAT_TOKENS=${CHAT_TOKENS:-64}
 CHAT_PIXELS=${CHAT_PIXELS:-262144}
 [ -n "${CHAT_PROMPT:-}" ] || CHAT_PROMPT='Describe this image in one sentence.'
+BATCH_FL=${BATCH_FL:-4}
+FL_TOKENS=${FL_TOKENS:-32}
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -142,10 +150,12 @@ ALL_CASES+=("clip-b32-100 classify clip-b32 100" "clip-b32-1000 classify clip-b3
             "siglip-b16-100 classify siglip-b16 100")
 # Minutes per run each: only when CASES names them or "chat", never in the default set.
 ALL_CASES+=("qwen3-vl-2b chat qwen3-vl-2b $BATCH_CHAT" "qwen3-vl-2b-b1 chat qwen3-vl-2b 1")
+ALL_CASES+=("florence2-base-caption florence florence2-base more-detailed" "florence2-base-od florence florence2-base od"
+            "florence2-large-caption florence florence2-large more-detailed" "florence2-large-od florence florence2-large od")
 RUN_CASES=() SELECTED_CHAT=0
 for c in "${ALL_CASES[@]}"; do
     read -r name kind _ <<<"$c"
-    if [ -z "${CASES:-}" ] && [ "$kind" != chat ] || [[ " ${CASES:-} " == *" $name "* ]] || [[ " ${CASES:-} " == *" $kind "* ]]; then
+    if [ -z "${CASES:-}" ] && [ "$kind" != chat ] && [ "$kind" != florence ] || [[ " ${CASES:-} " == *" $name "* ]] || [[ " ${CASES:-} " == *" $kind "* ]]; then
         RUN_CASES+=("$c")
         [ "$kind" != chat ] || SELECTED_CHAT=1
     fi
@@ -342,7 +352,9 @@ TF_DEFAULT_TEMPLATE='This is a photo of {}.'
 ROWS=() CHAT_ROWS=() FAILED=0 HAS_CAPTION=0 HAS_CLASSIFY=0 HAS_CHAT=0 tf_n= MAIN_N= CHAT_N= CHAT_DEC_PARAMS=
 for c in "${RUN_CASES[@]}"; do
     read -r name kind model arg <<<"$c"
-    if [ "$kind" = chat ]; then
+    if [ "$kind" = florence ]; then
+        vis_gflop=-
+    elif [ "$kind" = chat ]; then
         vis_gflop=-
         dec_params=$(decode_params "$MODELS/$model/model.safetensors")
         CHAT_DEC_PARAMS=$dec_params
@@ -366,6 +378,13 @@ for c in "${RUN_CASES[@]}"; do
             beam_args=(); [ "$arg" = 1 ] || beam_args=(--num-beams "$arg")
             gl_cmd=(caption --model "$MODELS/$model" --device "$DEVICE" "${gl_dtype[@]}" --batch-size "$BATCH"
                     --min-new-tokens "$NEW_TOKENS" --max-new-tokens "$NEW_TOKENS" "${beam_args[@]}")
+        elif [ "$kind" = florence ]; then
+            HAS_CAPTION=1
+            if [ "$arg" = od ]; then token='<OD>' gl_task=(detect --task od); else token='<MORE_DETAILED_CAPTION>' gl_task=(caption --task "$arg"); fi
+            tf_cmd=(benches/transformers_florence.py --model "$MODELS/$model" --images "$IMAGES" --batch-size "$BATCH_FL" --device "$DEVICE"
+                    --task "$token" --new-tokens "$FL_TOKENS" --out "$OUT/$name.$setting.transformers.jsonl")
+            gl_cmd=("${gl_task[@]}" --model "$MODELS/$model" --device "$DEVICE" "${gl_dtype[@]}" --batch-size "$BATCH_FL"
+                    --min-new-tokens "$FL_TOKENS" --max-new-tokens "$FL_TOKENS")
         elif [ "$kind" = chat ]; then
             HAS_CHAT=1
             gl_inputs=("${CHAT_INPUTS[@]}")
@@ -489,7 +508,7 @@ for c in "${RUN_CASES[@]}"; do
 done
 
 settings=()
-[ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens")
+[ "$HAS_CAPTION" = 0 ] || settings+=("caption: batch $BATCH, $NEW_TOKENS new tokens; florence: batch $BATCH_FL, 3 beams, $FL_TOKENS new tokens")
 [ "$HAS_CLASSIFY" = 0 ] || settings+=("classify: batch $BATCH_ZS, top $TOP_K; like-for-like template \"$TEMPLATE\"")
 if [ ${#ROWS[@]} -gt 0 ]; then
     echo

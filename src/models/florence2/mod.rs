@@ -42,9 +42,17 @@ pub struct Florence2Encoder {
 
 impl Florence2Encoder {
     /// Image tokens `[b, 1 + h·w, d]`: the vision tower's last stage through the projector.
+    /// The tower runs one image at a time: its first stage holds 36,864 tokens an image at 768²
+    /// (a 600 MB MLP activation each), so a batch of 8 would need gigabytes at once, and its
+    /// matmuls are as large as a GEMM wants with one image.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (tokens, size) = self.vision.forward(pixels)?;
-        Ok(self.projector.forward(&tokens, size)?)
+        let images = (0..pixels.dim(0)?)
+            .map(|i| {
+                let (tokens, size) = self.vision.forward(&pixels.narrow(0, i, 1)?)?;
+                self.projector.forward(&tokens, size)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&images, 0)?)
     }
 }
 
