@@ -218,15 +218,7 @@ pub(crate) fn parse(doc: &Value, text_field: &str) -> Result<Vec<Record>> {
     }
     let mut records = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {
-        // `path` is the file as the run named it (what resuming matches); documents without it
-        // name it by `file_name`.
-        let Some(file) = ["path", "file_name"]
-            .iter()
-            .find_map(|k| image.get(*k).and_then(Value::as_str))
-        else {
-            bail!("image {} has no \"file_name\"", i + 1);
-        };
-        let mut rec = Record::new(file);
+        let mut rec = image_record(image, i)?;
         let caps = image
             .get("id")
             .and_then(|id| by_id.remove(&id.to_string()))
@@ -243,14 +235,27 @@ pub(crate) fn parse(doc: &Value, text_field: &str) -> Result<Vec<Record>> {
                 rec.fields.insert(text_field.into(), caps.into());
             }
         }
-        for key in ["width", "height"] {
-            if let Some(v) = image.get(key) {
-                rec.fields.insert(key.into(), v.clone());
-            }
-        }
         records.push(rec);
     }
     Ok(records)
+}
+
+/// The record of the `i`-th image entry: its file (`path`, the file as the run named it and what
+/// resuming matches, else `file_name`) and its size.
+fn image_record(image: &Value, i: usize) -> Result<Record> {
+    let Some(file) = ["path", "file_name"]
+        .iter()
+        .find_map(|k| image.get(*k).and_then(Value::as_str))
+    else {
+        bail!("image {} has no \"file_name\"", i + 1);
+    };
+    let mut rec = Record::new(file);
+    for key in ["width", "height"] {
+        if let Some(v) = image.get(key) {
+            rec.fields.insert(key.into(), v.clone());
+        }
+    }
+    Ok(rec)
 }
 
 /// Detection records back from an instances document written by [`render`]: boxes as
@@ -295,18 +300,7 @@ fn parse_instances(doc: &Value, images: &[Value]) -> Result<Vec<Record>> {
     }
     let mut records = Vec::with_capacity(images.len());
     for (i, image) in images.iter().enumerate() {
-        let Some(file) = ["path", "file_name"]
-            .iter()
-            .find_map(|k| image.get(*k).and_then(Value::as_str))
-        else {
-            bail!("image {} has no \"file_name\"", i + 1);
-        };
-        let mut rec = Record::new(file);
-        for key in ["width", "height"] {
-            if let Some(v) = image.get(key) {
-                rec.fields.insert(key.into(), v.clone());
-            }
-        }
+        let mut rec = image_record(image, i)?;
         let found = image
             .get("id")
             .and_then(|id| by_image.remove(&id.to_string()))
@@ -337,6 +331,45 @@ mod tests {
         for r in records {
             sink.write(r).unwrap();
         }
+    }
+
+    #[test]
+    fn detection_records_make_an_instances_document_that_resumes_to_itself() {
+        let records = vec![
+            Record::new("p/a.jpg")
+                .with_field("width", 200)
+                .with_field("height", 100)
+                .with_field(
+                    "detections",
+                    json!([{"label": "dog", "box": [10, 20, 50, 60]},
+                           {"label": "text", "box": [1, 2, 9, 8], "polygon": [1, 2, 9, 2, 9, 8, 1, 8]},
+                           {"label": "dog", "box": [90, 80, 70, 60]}]),
+                ),
+            Record::new("p/b.jpg").with_error("broken"),
+            Record::new("p/c.jpg")
+                .with_field("width", 5)
+                .with_field("height", 5)
+                .with_field("detections", json!([])),
+        ];
+        let doc = render(&records, "detections", None);
+        assert_eq!(
+            doc["categories"],
+            json!([{"id": 1, "name": "dog"}, {"id": 2, "name": "text"}])
+        );
+        let a = &doc["annotations"];
+        assert_eq!(a[0]["bbox"], json!([10, 20, 40, 40]));
+        assert_eq!(a[0]["area"], json!(1600));
+        assert_eq!(a[1]["segmentation"], json!([[1, 2, 9, 2, 9, 8, 1, 8]]));
+        assert_eq!(a[2]["bbox"], json!([70, 60, 20, 20]), "reversed corners");
+        assert_eq!(a[2]["category_id"], json!(1));
+        assert_eq!(doc["errors"][0]["file_name"], "p/b.jpg");
+        let back = parse(&doc, "detections").unwrap();
+        assert_eq!(back.len(), 2);
+        let mut again = render(&back, "detections", None);
+        again["info"] = doc["info"].clone();
+        let mut expected = doc.clone();
+        expected["errors"] = json!([]);
+        assert_eq!(again, expected);
     }
 
     #[test]
