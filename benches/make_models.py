@@ -753,10 +753,6 @@ def make_qwen3_vl(name: str, out: Path, seed: int) -> None:
 # Captions and boxes: florence-community/Florence-2-base and -large
 # --------------------------------------------------------------------------------------
 FLORENCE_BART_VOCAB = 50265  # facebook/bart-large: <s> <pad> </s> <unk> ... <mask> = 50264
-FLORENCE_ADDED = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" for i in range(1000)]
-                  + ["<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
-                     "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
-                     "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>"])
 FLORENCE_SIZES = {
     "florence2-base": (dict(embed_dim=[128, 256, 512, 1024], num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
                             projection_dim=768),
@@ -770,31 +766,12 @@ FLORENCE_SIZES = {
 
 
 def build_florence_tokenizer():
-    """A BART byte-level BPE of the real size (fillers after the learned merges, as for GPT-2),
-    Florence-2's added tokens, and <image> last (id 51289)."""
-    from transformers import AddedToken, RobertaTokenizer
-    from generate_ved import bytes_to_unicode as b2u, learn_gpt2_bpe
+    """The fixture generator's BART tokenizer at the real size: every merge generate_ved.py's
+    captions support, fillers up to 50265 entries, Florence-2's added tokens, <image> = 51289."""
+    from generate_florence2 import build_tokenizer
+    from generate_ved import learn_gpt2_bpe
 
-    merges = learn_gpt2_bpe(10_000)
-    vocab_list = ["<s>", "<pad>", "</s>", "<unk>"] + list(b2u().values())
-    seen = set(vocab_list)
-    for a, b in merges:
-        if a + b not in seen:
-            seen.add(a + b)
-            vocab_list.append(a + b)
-    vocab_list += [f"Ġw{i}" for i in range(len(vocab_list), FLORENCE_BART_VOCAB - 1)]
-    vocab_list.append("<mask>")
-    tok = RobertaTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, merges=[tuple(m) for m in merges],
-                           model_max_length=1024)
-    tok.add_special_tokens({"additional_special_tokens": FLORENCE_ADDED})
-    tok.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
-    with tempfile.TemporaryDirectory() as td:
-        tok.save_pretrained(td)
-        path = Path(td) / "tokenizer_config.json"
-        config = json.loads(path.read_text())
-        config["extra_special_tokens"] = {"image_token": "<image>"}
-        path.write_text(json.dumps(config))
-        tok = RobertaTokenizer.from_pretrained(td)
+    tok = build_tokenizer(with_image_token=True, merges=learn_gpt2_bpe(10_000), bart_size=FLORENCE_BART_VOCAB)
     assert tok.image_token_id == 51289 == len(tok) - 1, (tok.image_token_id, len(tok))
     return tok
 
@@ -826,9 +803,7 @@ def make_florence2(name: str, out: Path, seed: int) -> None:
         forced_eos_token_id=2, no_repeat_ngram_size=3, num_beams=3, early_stopping=True, max_length=1025)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    # The post-processing rules transformers' conversion script writes (its banned grounding
-    # phrases are glance's default list).
-    sys.path.insert(0, str(BENCHES.parent / "tests" / "fixtures"))
+    # The post-processing rules of transformers' conversion script (fewer banned phrases).
     from generate_florence2 import POST_PROCESSOR_CONFIG
 
     Florence2Processor(image_processor=ip, tokenizer=tok, post_processor_config=POST_PROCESSOR_CONFIG).save_pretrained(out)
