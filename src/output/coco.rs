@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::{missing_text_field, value_text, Record};
+use super::{detection_box, missing_text_field, value_text, Record};
 
 /// The captions of a record: one per string of an array, else the field's text.
 fn captions(rec: &Record, text_field: &str) -> Vec<String> {
@@ -115,10 +115,9 @@ pub(crate) fn render(records: &[Record], text_field: &str, root: Option<&Path>) 
             let found = rec.fields.get(text_field).and_then(Value::as_array);
             for d in found.into_iter().flatten() {
                 let label = d["label"].as_str().unwrap_or_default().to_string();
-                let Some(b) = d["box"].as_array().filter(|b| b.len() == 4) else {
+                let Some(b) = detection_box(d) else {
                     continue;
                 };
-                let n: Vec<i64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0) as i64).collect();
                 let category = match categories.iter().position(|c| *c == label) {
                     Some(i) => i + 1,
                     None => {
@@ -126,9 +125,9 @@ pub(crate) fn render(records: &[Record], text_field: &str, root: Option<&Path>) 
                         categories.len()
                     }
                 };
-                // Florence may write x2 < x1: COCO boxes are [left, top, width, height].
-                let (x, y) = (n[0].min(n[2]), n[1].min(n[3]));
-                let (w, h) = ((n[2] - n[0]).abs(), (n[3] - n[1]).abs());
+                // COCO boxes are [left, top, width, height], in whole pixels as Florence's are.
+                let [x, y, right, bottom] = b.map(|v| v as i64);
+                let (w, h) = (right - x, bottom - y);
                 let mut a = json!({
                     "id": annotations.len() + 1, "image_id": image_id, "category_id": category,
                     "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,

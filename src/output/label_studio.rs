@@ -6,7 +6,7 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::Record;
+use super::{detection_box, Record};
 
 /// The control and object names of the target project's labeling config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +73,9 @@ fn task(rec: &Record, opts: &LabelStudioOptions) -> Value {
     };
     if let (Some(found), Some(w), Some(h)) = (found, size("width"), size("height")) {
         for d in found {
-            let Some(b) = d["box"].as_array().filter(|b| b.len() == 4) else {
+            let Some([x1, y1, x2, y2]) = detection_box(d) else {
                 continue;
             };
-            let b: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
-            let (x1, x2) = (b[0].min(b[2]), b[0].max(b[2]));
-            let (y1, y2) = (b[1].min(b[3]), b[1].max(b[3]));
             result.push(json!({
                 "from_name": opts.from_name, "to_name": opts.to_name, "type": "rectanglelabels",
                 "original_width": w, "original_height": h, "image_rotation": 0,

@@ -70,7 +70,7 @@ mod yolo;
 pub use json::journal_path;
 pub use label_studio::LabelStudioOptions;
 pub use read::{read_records, Part};
-pub use record::{csv_cell, number, value_text, Record, UNKNOWN};
+pub use record::{csv_cell, detection_box, number, value_text, Record, UNKNOWN};
 
 use std::collections::HashSet;
 use std::fmt;

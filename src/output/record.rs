@@ -89,6 +89,19 @@ impl Record {
 pub const UNKNOWN: &str = "unknown";
 
 /// An f32 as the JSON number that prints like it (0.9, not 0.899999976158142).
+/// A detection's `box` (`[x1, y1, x2, y2]` as Florence writes it, corners in either order) as
+/// `[left, top, right, bottom]`; `None` when it is not four numbers.
+pub fn detection_box(detection: &Value) -> Option<[f64; 4]> {
+    let b = detection.get("box")?.as_array().filter(|b| b.len() == 4)?;
+    let n: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
+    Some([
+        n[0].min(n[2]),
+        n[1].min(n[3]),
+        n[0].max(n[2]),
+        n[1].max(n[3]),
+    ])
+}
+
 pub fn number(x: f32) -> Value {
     x.to_string()
         .parse::<f64>()

@@ -11,17 +11,15 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::coco::{common_dir, relative_name};
-use super::{write_atomic, Record};
+use super::{detection_box, write_atomic, Record};
 
 /// The records file inside a YOLO directory.
 pub(crate) fn records_path(dir: &Path) -> PathBuf {
     dir.join("records.jsonl")
 }
 
-/// `[x1, y1, x2, y2]` in pixels to YOLO's normalised centre and size.
-fn normalised(b: &[f64], width: f64, height: f64) -> [f64; 4] {
-    let (x1, x2) = (b[0].min(b[2]), b[0].max(b[2]));
-    let (y1, y2) = (b[1].min(b[3]), b[1].max(b[3]));
+/// `[left, top, right, bottom]` in pixels to YOLO's normalised centre and size.
+fn normalised([x1, y1, x2, y2]: [f64; 4], width: f64, height: f64) -> [f64; 4] {
     [
         (x1 + x2) / 2.0 / width,
         (y1 + y2) / 2.0 / height,
@@ -55,10 +53,9 @@ pub(crate) fn write(dir: &Path, records: &[Record], root: Option<&Path>) -> Resu
         let mut lines = String::new();
         let found = rec.fields.get("detections").and_then(Value::as_array);
         for d in found.into_iter().flatten() {
-            let Some(b) = d["box"].as_array().filter(|b| b.len() == 4) else {
+            let Some(b) = detection_box(d) else {
                 continue;
             };
-            let b: Vec<f64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
             let label = d["label"].as_str().unwrap_or_default();
             let class = match classes.iter().position(|c| c == label) {
                 Some(i) => i,
@@ -67,7 +64,7 @@ pub(crate) fn write(dir: &Path, records: &[Record], root: Option<&Path>) -> Resu
                     classes.len() - 1
                 }
             };
-            let [cx, cy, w, h] = normalised(&b, width, height);
+            let [cx, cy, w, h] = normalised(b, width, height);
             lines.push_str(&format!("{class} {cx:.6} {cy:.6} {w:.6} {h:.6}\n"));
         }
         let name = Path::new(&relative_name(&rec.file, &root)).with_extension("txt");

@@ -10,7 +10,7 @@ use image::{Rgb, RgbImage};
 use serde_json::Value;
 
 use crate::eval::heatmap::{put, text};
-use crate::output::{Record, RecordSink, Summary};
+use crate::output::{detection_box, Record, RecordSink, Summary};
 
 /// Colours that stay visible on photos (Tableau 10), one per label.
 const PALETTE: [[u8; 3]; 10] = [
@@ -39,17 +39,15 @@ pub fn thickness(img: &RgbImage) -> i64 {
     (i64::from(img.width().min(img.height())) / 250).max(2)
 }
 
-/// Draws each detection's box (and its polygon, for text regions) with its label above it.
+/// Draws each detection's box with its label above it (text regions by their bounding box).
 pub fn draw_detections(img: &mut RgbImage, detections: &[Value]) {
     let t = thickness(img);
     let scale = (t / 2).max(1);
     for d in detections {
-        let Some(b) = d["box"].as_array().filter(|b| b.len() == 4) else {
+        let Some(b) = detection_box(d) else {
             continue;
         };
-        let b: Vec<i64> = b.iter().map(|v| v.as_f64().unwrap_or(0.0) as i64).collect();
-        let (x1, x2) = (b[0].min(b[2]), b[0].max(b[2]));
-        let (y1, y2) = (b[1].min(b[3]), b[1].max(b[3]));
+        let [x1, y1, x2, y2] = b.map(|v| v as i64);
         let label = d["label"].as_str().unwrap_or_default();
         let color = color_of(label);
         for k in 0..t {
