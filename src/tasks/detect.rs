@@ -26,7 +26,6 @@ pub struct DetectStage {
     queries: Vec<Query>,
     prompt_ids: Vec<u32>,
     params: GenerationParams,
-    banned: Vec<String>,
 }
 
 impl DetectStage {
@@ -79,7 +78,6 @@ impl DetectStage {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let banned = base.captioner.grounding_banned().to_vec();
         Ok(Self {
             name: "detect".into(),
             task: token,
@@ -87,7 +85,6 @@ impl DetectStage {
             prompt_ids: base.prompt_ids,
             params: base.params,
             captioner: base.captioner,
-            banned,
         })
     }
 
@@ -142,7 +139,9 @@ impl Stage for DetectStage {
                     .decode(&caps[0].tokens, false)
                     .map_err(|e| Error::Options(format!("cannot decode tokens: {e}")))?;
                 let size = (image.width, image.height);
-                for mut region in processor::parse(&raw, answer, size, &self.banned) {
+                for mut region in
+                    processor::parse(&raw, answer, size, self.captioner.grounding_banned())
+                {
                     if let Some(phrase) = &query.phrase {
                         region.label = phrase.clone();
                     }

@@ -302,10 +302,14 @@ fn location_at(s: &str) -> Option<(u32, usize)> {
     Some((n, 5 + digits + 1))
 }
 
-/// The numbers of the `<loc_N>` tokens starting at `s`, in a row, and their total length.
-fn locations_at(s: &str) -> (Vec<u32>, usize) {
+/// The numbers of the (at most `most`) `<loc_N>` tokens starting at `s`, in a row, and their
+/// total length.
+fn locations_at(s: &str, most: usize) -> (Vec<u32>, usize) {
     let (mut found, mut at) = (Vec::new(), 0);
-    while let Some((n, len)) = location_at(&s[at..]) {
+    while found.len() < most {
+        let Some((n, len)) = location_at(&s[at..]) else {
+            break;
+        };
         found.push(n);
         at += len;
     }
@@ -329,7 +333,7 @@ fn phrases_with_boxes(text: &str, bare: bool) -> Vec<&str> {
             i += 1;
             continue;
         }
-        let (locs, len) = locations_at(&text[i + run..]);
+        let (locs, len) = locations_at(&text[i + run..], usize::MAX);
         if locs.len() >= 4 {
             found.push(&text[i..i + run + len]);
             i += run + len;
@@ -366,10 +370,9 @@ fn boxes_in(s: &str) -> Vec<[u32; 4]> {
     let mut i = 0;
     while let Some(offset) = s[i..].find("<loc_") {
         let at = i + offset;
-        let (locs, _) = locations_at(&s[at..]);
-        if locs.len() >= 4 {
-            boxes.push([locs[0], locs[1], locs[2], locs[3]]);
-            let (_, len) = locations_at_n(&s[at..], 4);
+        let (locs, len) = locations_at(&s[at..], 4);
+        if let Ok(b) = <[u32; 4]>::try_from(locs) {
+            boxes.push(b);
             i = at + len;
         } else {
             i = at + 1;
@@ -378,26 +381,11 @@ fn boxes_in(s: &str) -> Vec<[u32; 4]> {
     boxes
 }
 
-/// The length of the first `n` location tokens at the start of `s`.
-fn locations_at_n(s: &str, n: usize) -> (Vec<u32>, usize) {
-    let (mut found, mut at) = (Vec::new(), 0);
-    while found.len() < n {
-        match location_at(&s[at..]) {
-            Some((v, len)) => {
-                found.push(v);
-                at += len;
-            }
-            None => break,
-        }
-    }
-    (found, at)
-}
-
 /// `re.findall(r"(.+?)<loc_(\d+)>…(8 times)", text)` and the quadrilaterals' pixels.
 fn ocr_regions(text: &str, size: (u32, u32)) -> Vec<Region> {
     // Where eight locations in a row start.
     let eights: Vec<usize> = (0..text.len())
-        .filter(|&k| text.is_char_boundary(k) && locations_at_n(&text[k..], 8).0.len() == 8)
+        .filter(|&k| text.is_char_boundary(k) && locations_at(&text[k..], 8).0.len() == 8)
         .collect();
     let mut regions = Vec::new();
     let mut i = 0;
@@ -414,7 +402,7 @@ fn ocr_regions(text: &str, size: (u32, u32)) -> Vec<Region> {
             i = next_break + 1;
             continue;
         }
-        let (quad, len) = locations_at_n(&text[k..], 8);
+        let (quad, len) = locations_at(&text[k..], 8);
         let polygon: Vec<i64> = quad
             .chunks(2)
             .flat_map(|p| {
