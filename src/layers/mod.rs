@@ -12,6 +12,12 @@ pub mod rotary;
 
 use candle_core::{Result, Tensor};
 
+/// LayerNorm over the channels of an NCHW tensor (`data_format="channels_first"`: ConvNeXt's
+/// norms, DaViT's patch embeddings).
+pub fn channels_first_norm(norm: &candle_nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 2, 3, 1))?.apply(norm)?.permute((0, 3, 1, 2))
+}
+
 /// The most positions a stack of encoder layers runs at once, see [`by_batch_slices`].
 const SLICE_POSITIONS: usize = 1024;
 

@@ -40,7 +40,8 @@ macro_rules! impl_encoder_shape {
 }
 pub(crate) use impl_encoder_shape;
 
-/// `fc2(act(fc1(x)))`, `CLIPMLP` / `SiglipMLP`.
+/// `fc2(act(fc1(x)))`: `CLIPMLP` / `SiglipMLP`, and the feed-forward of Florence-2's DaViT and
+/// BART layers.
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
@@ -49,11 +50,20 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(shape: &EncoderShape, vb: VarBuilder) -> Result<Self> {
-        let (d, i) = (shape.hidden_size, shape.intermediate_size);
+        Self::with_sizes(
+            shape.hidden_size,
+            shape.intermediate_size,
+            shape.hidden_act,
+            vb,
+        )
+    }
+
+    /// `fc1` from `d` to `inner` values and `fc2` back, `vb` at the layer holding both.
+    pub fn with_sizes(d: usize, inner: usize, act: HiddenAct, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: linear(d, i, vb.pp("fc1"))?,
-            fc2: linear(i, d, vb.pp("fc2"))?,
-            act: shape.hidden_act,
+            fc1: linear(d, inner, vb.pp("fc1"))?,
+            fc2: linear(inner, d, vb.pp("fc2"))?,
+            act,
         })
     }
 }

@@ -8,6 +8,7 @@ use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use crate::layers::activation::HiddenAct;
+use crate::layers::channels_first_norm;
 use crate::layers::linear::{linear, Linear};
 
 /// `ConvNextConfig`, with transformers' defaults.
@@ -53,11 +54,6 @@ fn d_scale() -> f64 {
 
 /// `ConvNextLayerNorm`'s fixed epsilon (the stem, downsampling and block norms).
 const LN_EPS: f64 = 1e-6;
-
-/// LayerNorm over the channels of an NCHW tensor (`data_format="channels_first"`).
-fn channels_first_norm(norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 2, 3, 1))?.apply(norm)?.permute((0, 3, 1, 2))
-}
 
 struct Block {
     dwconv: Conv2d,

@@ -12,6 +12,7 @@ use crate::layers::attention::{attention, causal_mask};
 use crate::layers::cross_attention::CrossAttention;
 use crate::layers::kv_cache::{KvCache, LayerCache};
 use crate::layers::linear::{linear, Linear};
+use crate::models::clip::encoder::Mlp;
 use crate::models::TextDecoder;
 
 const LN_EPS: f64 = 1e-5;
@@ -82,30 +83,10 @@ impl SelfAttention {
     }
 }
 
-struct Ffn {
-    fc1: Linear,
-    fc2: Linear,
-    act: HiddenAct,
-}
-
-impl Ffn {
-    fn new(d: usize, inner: usize, act: HiddenAct, vb: &VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: linear(d, inner, vb.pp("fc1"))?,
-            fc2: linear(inner, d, vb.pp("fc2"))?,
-            act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.apply(&self.act)?)
-    }
-}
-
 struct EncoderLayer {
     attn: SelfAttention,
     attn_norm: LayerNorm,
-    ffn: Ffn,
+    ffn: Mlp,
     final_norm: LayerNorm,
 }
 
@@ -174,7 +155,7 @@ impl BartEncoder {
                 Ok(EncoderLayer {
                     attn: SelfAttention::new(d, cfg.encoder_attention_heads, l.pp("self_attn"))?,
                     attn_norm: layer_norm(d, LN_EPS, l.pp("self_attn_layer_norm"))?,
-                    ffn: Ffn::new(d, cfg.encoder_ffn_dim, act, &l)?,
+                    ffn: Mlp::with_sizes(d, cfg.encoder_ffn_dim, act, l.clone())?,
                     final_norm: layer_norm(d, LN_EPS, l.pp("final_layer_norm"))?,
                 })
             })
@@ -204,7 +185,7 @@ struct DecoderLayer {
     cross: CrossAttention,
     cross_out: Linear,
     cross_norm: LayerNorm,
-    ffn: Ffn,
+    ffn: Mlp,
     final_norm: LayerNorm,
 }
 
@@ -228,7 +209,7 @@ impl DecoderLayer {
             cross,
             cross_out: linear(d, d, x.pp("out_proj"))?,
             cross_norm: layer_norm(d, LN_EPS, vb.pp("encoder_attn_layer_norm"))?,
-            ffn: Ffn::new(d, cfg.decoder_ffn_dim, act, &vb)?,
+            ffn: Mlp::with_sizes(d, cfg.decoder_ffn_dim, act, vb.clone())?,
             final_norm: layer_norm(d, LN_EPS, vb.pp("final_layer_norm"))?,
         })
     }

@@ -12,15 +12,12 @@ use candle_nn::{layer_norm, Conv2d, Conv2dConfig, Embedding, LayerNorm, VarBuild
 use super::config::DavitConfig;
 use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
+use crate::layers::channels_first_norm;
 use crate::layers::linear::{linear, Linear};
+use crate::models::clip::encoder::Mlp;
 
 /// torch's `nn.LayerNorm` default.
 const LN_EPS: f64 = 1e-5;
-
-/// LayerNorm over the channels of an NCHW tensor.
-fn channels_norm(norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 2, 3, 1))?.apply(norm)?.permute((0, 3, 1, 2))
-}
 
 /// `[b, c, h, w]` to `[b, h·w, c]` and back.
 fn to_tokens(x: &Tensor) -> Result<Tensor> {
@@ -62,7 +59,7 @@ impl ConvEmbed {
     /// map size.
     fn forward(&self, input: Features) -> Result<(Tensor, (usize, usize))> {
         let map = match input {
-            Features::Pixels(pixels) if self.pre_norm => channels_norm(&self.norm, pixels)?,
+            Features::Pixels(pixels) if self.pre_norm => channels_first_norm(&self.norm, pixels)?,
             Features::Pixels(pixels) => pixels.clone(),
             Features::Tokens(t, (h, w)) => {
                 let t = match self.pre_norm {
@@ -119,27 +116,8 @@ fn depthwise_residual(
     }
 }
 
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// transformers' "gelu" (erf), on glance's vectorised kernel where it applies.
 const GELU: HiddenAct = HiddenAct::Other(candle_nn::Activation::Gelu);
-
-impl Mlp {
-    fn new(dim: usize, ratio: f64, vb: VarBuilder) -> Result<Self> {
-        let hidden = (dim as f64 * ratio) as usize;
-        Ok(Self {
-            fc1: linear(dim, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, dim, vb.pp("fc2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.apply(&GELU)?)
-    }
-}
 
 /// What mixes the tokens in the first half of a block.
 enum Mixer {
@@ -179,7 +157,12 @@ impl HalfBlocks {
             proj: linear(dim, dim, attn.pp("proj"))?,
             conv2: depthwise(dim, vb.pp("conv2"))?,
             norm2: layer_norm(dim, LN_EPS, vb.pp("norm2"))?,
-            ffn: Mlp::new(dim, cfg.mlp_ratio, vb.pp("ffn"))?,
+            ffn: Mlp::with_sizes(
+                dim,
+                (dim as f64 * cfg.mlp_ratio) as usize,
+                GELU,
+                vb.pp("ffn"),
+            )?,
             mixer,
         })
     }
