@@ -21,11 +21,8 @@ pub(crate) fn classify(args: ClassifyArgs) -> Result<ExitCode> {
             sort_into(&args.sort),
         );
     }
-    let labels = match (&args.labels, &args.labels_file) {
-        (Some(list), _) => Some(glance::tasks::prompts::parse_label_arg(list)),
-        (None, Some(path)) => Some(glance::tasks::prompts::read_list(path)?),
-        (None, None) => None,
-    };
+    let labels =
+        glance::tasks::prompts::labels_from(args.labels.as_deref(), args.labels_file.as_deref())?;
     let templates = templates(&args.prompts)?;
     let output = output_options(
         &args.output,

@@ -11,11 +11,8 @@ use glance::tasks::caption::Captioner;
 use glance::tasks::detect::DetectStage;
 
 pub(crate) fn run(args: DetectArgs) -> Result<ExitCode> {
-    let phrases = match (&args.labels, &args.labels_file) {
-        (Some(list), _) => Some(glance::tasks::prompts::parse_label_arg(list)),
-        (None, Some(path)) => Some(glance::tasks::prompts::read_list(path)?),
-        (None, None) => None,
-    };
+    let phrases =
+        glance::tasks::prompts::labels_from(args.labels.as_deref(), args.labels_file.as_deref())?;
     let output = output_options(
         &args.output,
         &args.run,

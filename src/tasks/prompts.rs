@@ -64,6 +64,15 @@ pub fn parse_label_arg(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The labels of `--labels LIST` or else `--labels-file FILE`; `None` when neither is given.
+pub fn labels_from(list: Option<&str>, file: Option<&Path>) -> Result<Option<Vec<String>>> {
+    match (list, file) {
+        (Some(list), _) => Ok(Some(parse_label_arg(list))),
+        (None, Some(path)) => read_list(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads a list file (see [`parse_list`]).
 pub fn read_list(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
