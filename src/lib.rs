@@ -19,6 +19,7 @@ pub mod models;
 pub mod output;
 pub mod preprocess;
 pub mod run;
+pub mod serve;
 pub mod tasks;
 pub mod timings;
 

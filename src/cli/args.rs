@@ -37,6 +37,9 @@ pub enum Command {
     /// Measure quality: caption metrics and CLIPScore, classification accuracy and F1.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Serve the models over HTTP: captions, classes, tags, boxes, embeddings and
+    /// OpenAI-compatible chat, with dynamic batching and a web page at /.
+    Serve(Box<ServeArgs>),
     /// Fetch a model's files into the Hugging Face cache, for later offline use.
     Download(DownloadArgs),
     /// Merge the outputs of a sharded job's tasks into one, in input order, checking with
@@ -480,4 +483,45 @@ pub struct EvalClassifyArgs {
     /// Draw the confusion matrix as a PNG heat-map here.
     #[arg(long, value_name = "PNG")]
     pub heatmap: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A model to serve (Hub id or local directory); repeat for several. Each serves the tasks
+    /// its architecture can do; a request names one with "model" when several could.
+    #[arg(long, short = 'm', required = true)]
+    pub model: Vec<String>,
+    /// Hub revision, for every --model.
+    #[arg(long)]
+    pub revision: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (0 picks a free one; the ready line says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Images per forward pass, at most; a batch is whatever queued while the model was busy.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch_size: usize,
+    /// Images queued or running at once, all models together; beyond it requests get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// The largest request body (413 beyond it).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Images above this many pixels are refused (a per-image error).
+    #[arg(long, default_value_t = glance::preprocess::decode::DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Requests must send "Authorization: Bearer KEY" (/ and /health excepted).
+    #[arg(long, env = "GLANCE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Fetch http(s):// image URLs (at most 20 MB, 10 s and 3 redirects; never private,
+    /// loopback or link-local addresses).
+    #[arg(long)]
+    pub allow_url_fetch: bool,
+    /// Seconds a whole request may take (408 beyond it).
+    #[arg(long, default_value_t = 300)]
+    pub request_timeout: u64,
 }

@@ -8,6 +8,7 @@ mod classify;
 mod detect;
 mod eval;
 mod pipeline;
+mod serve;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ pub fn run() -> ExitCode {
         Command::Run(args) => pipeline::run(*args),
         Command::Eval(args::EvalCommand::Captions(args)) => eval::captions(*args),
         Command::Eval(args::EvalCommand::Classify(args)) => eval::classify(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Download(args) => download(args),
         Command::Merge(args) => merge(args),
     };

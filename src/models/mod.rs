@@ -240,6 +240,14 @@ pub const SUPPORTED: &[&str] = &[
 ];
 
 impl Architecture {
+    /// Whether `Captioner` runs it (a vision encoder feeding a text decoder).
+    pub fn captions(&self) -> bool {
+        matches!(
+            self,
+            Self::Blip(_) | Self::VisionEncoderDecoder(_) | Self::Florence2(_)
+        )
+    }
+
     /// Picks the implementation from `architectures` (or `model_type` when that is absent).
     pub fn from_config(config: &Value, model: &str) -> Result<Self> {
         let arch = config

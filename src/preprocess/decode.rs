@@ -22,6 +22,11 @@ pub struct Decoded {
 /// JPEGs go through [`super::jpeg`] (Pillow's pixels), other formats through the `image` crate.
 pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    decode_bytes(&bytes, max_pixels)
+}
+
+/// [`decode`] of an image already in memory (a server's upload).
+pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<Decoded, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
@@ -37,12 +42,12 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<Decoded, String> {
         }
         Ok(())
     };
-    let (mut image, orientation) = if super::jpeg::is_jpeg(&bytes) {
-        let jpeg = super::jpeg::decode(&bytes, check_size)?;
+    let (mut image, orientation) = if super::jpeg::is_jpeg(bytes) {
+        let jpeg = super::jpeg::decode(bytes, check_size)?;
         let orientation = jpeg.exif.as_deref().and_then(Orientation::from_exif_chunk);
         (DynamicImage::ImageRgb8(jpeg.rgb), orientation)
     } else {
-        let reader = ImageReader::new(Cursor::new(&bytes))
+        let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| format!("cannot read: {e}"))?;
         if reader.format().is_none() {

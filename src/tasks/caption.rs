@@ -1,6 +1,8 @@
 //! The captioning task: a loaded model (encoder + decoder + tokenizer + preprocessing) that turns
 //! a batch of preprocessed images into captions with the shared decode loop.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
@@ -12,6 +14,7 @@ use crate::load::{load_tokenizer, read_json, weights};
 use crate::models::{self, Architecture, CaptionParts, PromptStyle, StopTokens};
 use crate::preprocess::{ImageProcessor, Preprocessor, PreprocessorConfig};
 use crate::tasks::clip_score::ClipScorer;
+use crate::tasks::Usage;
 use crate::timings;
 
 /// One caption of one image.
@@ -341,7 +344,8 @@ impl Captioner {
 pub struct CaptionStage {
     /// "caption", or the stage's name in a pipeline.
     pub name: String,
-    pub captioner: Captioner,
+    /// Shared: a server builds a stage per request's options over one loaded model.
+    pub captioner: Arc<Captioner>,
     pub prompt_ids: Vec<u32>,
     /// What a prompt-reading encoder (Florence-2) reads.
     pub encoder_ids: Option<Vec<u32>>,
@@ -354,12 +358,13 @@ impl CaptionStage {
     /// Resolves the prompt, the default length and the default beam count (the model's, from
     /// `generation_config.json`, where the user gave none) once, before the run.
     pub fn new(
-        captioner: Captioner,
+        captioner: impl Into<Arc<Captioner>>,
         prompt: Option<&str>,
         mut params: GenerationParams,
         max_new_tokens: Option<usize>,
         num_beams: Option<usize>,
     ) -> Result<Self> {
+        let captioner = captioner.into();
         let prompt_ids = captioner.prompt_ids(prompt)?;
         let encoder_ids = captioner.encoder_ids(prompt)?;
         params.max_new_tokens =
@@ -454,6 +459,18 @@ impl crate::tasks::Stage for CaptionStage {
         batch: &[crate::tasks::Prepared],
         pixels: &[usize],
     ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let counted = self.run_counted(batch, pixels)?;
+        Ok(counted.into_iter().map(|(fields, _)| fields).collect())
+    }
+}
+
+impl CaptionStage {
+    /// [`crate::tasks::Stage::run`] with each image's token counts.
+    pub fn run_counted(
+        &mut self,
+        batch: &[crate::tasks::Prepared],
+        pixels: &[usize],
+    ) -> Result<Vec<(serde_json::Map<String, serde_json::Value>, Usage)>> {
         let of = |k: usize| -> Vec<&[f32]> {
             batch.iter().map(|p| p.pixels[pixels[k]].values()).collect()
         };
@@ -483,10 +500,22 @@ impl crate::tasks::Stage for CaptionStage {
             }
             None => vec![None; captions.len()],
         };
+        let prompt_tokens =
+            self.prompt_ids.len() + self.encoder_ids.as_ref().map_or(0, |ids| ids.len());
         Ok(captions
             .iter()
             .zip(judged)
-            .map(|(caps, judged)| caption_fields(caps, judged))
+            .map(|(caps, judged)| {
+                let completion_tokens = caps
+                    .first()
+                    .map_or(0, |c| c.tokens.len().saturating_sub(self.prompt_ids.len()));
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    truncated: completion_tokens >= self.params.max_new_tokens,
+                };
+                (caption_fields(caps, judged), usage)
+            })
             .collect())
     }
 }

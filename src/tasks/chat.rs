@@ -3,6 +3,8 @@
 //! to the image's token count, and the reply decoded with the shared loop under the
 //! checkpoint's `generation_config.json`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device};
 use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
@@ -15,7 +17,7 @@ use crate::load::{load_tokenizer, read_json, weights};
 use crate::models::qwen3_vl::{Prompt, Qwen3Vl, Qwen3VlConfig};
 use crate::preprocess::patches::PatchProcessor;
 use crate::preprocess::{ImageProcessor, Pixels};
-use crate::tasks::{Prepared, Stage};
+use crate::tasks::{Prepared, Stage, Usage};
 use crate::timings;
 
 /// Pixels per image unless the user asks for more: about 1k image tokens at patch 16 (4k at
@@ -274,7 +276,7 @@ impl Reply {
 /// model thinks aloud (`captions` with several replies per image).
 pub struct ChatStage {
     pub name: String,
-    captioner: ChatCaptioner,
+    captioner: Arc<ChatCaptioner>,
     processor: PatchProcessor,
     /// The chat template rendered with the system message and instruction.
     prompt: String,
@@ -284,19 +286,9 @@ pub struct ChatStage {
 }
 
 impl ChatStage {
-    pub fn new(captioner: ChatCaptioner, options: ChatOptions) -> Result<Self> {
-        let mut processor = captioner.processor().clone();
-        let max = options
-            .max_pixels
-            .unwrap_or(processor.max_pixels.min(DEFAULT_MAX_PIXELS));
-        let min = options.min_pixels.unwrap_or(processor.min_pixels.min(max));
-        if min > max {
-            return Err(Error::Options(format!(
-                "--min-pixels {min} is above --max-pixels {max}"
-            )));
-        }
-        processor.min_pixels = min;
-        processor.max_pixels = max;
+    pub fn new(captioner: impl Into<Arc<ChatCaptioner>>, options: ChatOptions) -> Result<Self> {
+        let captioner = captioner.into();
+        let processor = Self::processor_for(&captioner, &options)?;
         let mut params = captioner.defaults().clone().with(&options.generation);
         if options.greedy {
             params.do_sample = false;
@@ -326,6 +318,27 @@ impl ChatStage {
     pub fn params(&self) -> &GenerationParams {
         &self.params
     }
+
+    /// The checkpoint's patch processor within the pixel budget `options` ask for (at most
+    /// [`DEFAULT_MAX_PIXELS`] unless they say otherwise): what the stage's images need.
+    pub fn processor_for(
+        captioner: &ChatCaptioner,
+        options: &ChatOptions,
+    ) -> Result<PatchProcessor> {
+        let mut processor = captioner.processor().clone();
+        let max = options
+            .max_pixels
+            .unwrap_or(processor.max_pixels.min(DEFAULT_MAX_PIXELS));
+        let min = options.min_pixels.unwrap_or(processor.min_pixels.min(max));
+        if min > max {
+            return Err(Error::Options(format!(
+                "--min-pixels {min} is above --max-pixels {max}"
+            )));
+        }
+        processor.min_pixels = min;
+        processor.max_pixels = max;
+        Ok(processor)
+    }
 }
 
 impl Stage for ChatStage {
@@ -338,6 +351,18 @@ impl Stage for ChatStage {
     }
 
     fn run(&mut self, batch: &[Prepared], pixels: &[usize]) -> Result<Vec<Map<String, Value>>> {
+        let counted = self.run_counted(batch, pixels)?;
+        Ok(counted.into_iter().map(|(fields, _)| fields).collect())
+    }
+}
+
+impl ChatStage {
+    /// [`Stage::run`] with each image's token counts.
+    pub fn run_counted(
+        &mut self,
+        batch: &[Prepared],
+        pixels: &[usize],
+    ) -> Result<Vec<(Map<String, Value>, Usage)>> {
         let merge = self.processor.merge_size;
         let mut prompts = Vec::with_capacity(batch.len());
         for p in batch {
@@ -370,12 +395,18 @@ impl Stage for ChatStage {
         let replies = self.captioner.generate(&prompts, &self.params, &seeds)?;
         replies
             .iter()
-            .map(|rows| {
+            .zip(&prompts)
+            .map(|(rows, prompt)| {
                 let replies = rows
                     .iter()
                     .map(|tokens| self.captioner.reply(tokens))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(reply_fields(&replies))
+                let usage = Usage {
+                    prompt_tokens: prompt.ids.len(),
+                    completion_tokens: rows[0].len(),
+                    truncated: replies[0].truncated,
+                };
+                Ok((reply_fields(&replies), usage))
             })
             .collect()
     }

@@ -2,6 +2,8 @@
 //! are embedded once, before the run, and every batch of images is scored against all of them at
 //! once) or closed-set (`*ForImageClassification`: the model's own `id2label`).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Map, Value};
 
@@ -72,9 +74,11 @@ impl ImageClassifierModel {
 /// A model that can classify: zero-shot image–text or closed-set.
 // One per stage: the size difference of the variants (CLIP's two towers inline) costs nothing.
 #[allow(clippy::large_enum_variant)]
+/// The models are shared: a server builds a stage per request's labels over one loaded model.
+#[derive(Clone)]
 pub enum Recognizer {
-    ZeroShot(ImageTextModel),
-    ClosedSet(ImageClassifierModel),
+    ZeroShot(Arc<ImageTextModel>),
+    ClosedSet(Arc<ImageClassifierModel>),
 }
 
 impl Recognizer {
@@ -92,7 +96,11 @@ pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Res
     let config = read_json(&files.get("config.json")?)?;
     let cfg: ClassifierConfig = match Architecture::from_config(&config, &name)? {
         Architecture::ImageClassifier(cfg) => *cfg,
-        _ => return Ok(Recognizer::ZeroShot(load_image_text(files, device, dtype)?)),
+        _ => {
+            return Ok(Recognizer::ZeroShot(Arc::new(load_image_text(
+                files, device, dtype,
+            )?)))
+        }
     };
     let vb = timings::phase("weights opened", || {
         weights::var_builder(&files.weights()?, dtype, device)
@@ -104,7 +112,7 @@ pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Res
             None => Preprocessor::new(PreprocessorConfig::square(cfg.image_size())),
         }
     })?;
-    Ok(Recognizer::ClosedSet(ImageClassifierModel {
+    Ok(Recognizer::ClosedSet(Arc::new(ImageClassifierModel {
         model,
         labels: cfg.labels,
         multi_label: cfg.multi_label,
@@ -112,7 +120,7 @@ pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Res
         device: device.clone(),
         dtype,
         name,
-    }))
+    })))
 }
 
 /// What a zero-shot stage writes.
@@ -137,11 +145,11 @@ pub enum Mode {
 enum Scorer {
     /// The (normalized) text embeddings of the labels.
     ZeroShot {
-        model: ImageTextModel,
+        model: Arc<ImageTextModel>,
         text_embeds: Tensor,
         prompts: PromptStats,
     },
-    ClosedSet(ImageClassifierModel),
+    ClosedSet(Arc<ImageClassifierModel>),
 }
 
 /// A classify or label stage: the model, the labels and what to write.
@@ -199,7 +207,7 @@ impl ClassifyStage {
 
     /// A zero-shot stage; see [`ClassifyStage::new`].
     pub fn zero_shot(
-        model: ImageTextModel,
+        model: Arc<ImageTextModel>,
         labels: Vec<String>,
         templates: &[String],
         mode: Mode,

@@ -3,6 +3,8 @@
 //! tokens as boxes in the original image's pixels. Records: `width`, `height` and
 //! `detections`, `[{"label", "box": [x1, y1, x2, y2]}]` (plus `"polygon"` for text regions).
 
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ struct Query {
 
 pub struct DetectStage {
     pub name: String,
-    captioner: Captioner,
+    captioner: Arc<Captioner>,
     task: &'static str,
     queries: Vec<Query>,
     prompt_ids: Vec<u32>,
@@ -32,13 +34,14 @@ impl DetectStage {
     /// `task` is a `--task` name ([`processor::DETECT_TASKS`]); grounding needs `phrases`, the
     /// other tasks take none.
     pub fn new(
-        captioner: Captioner,
+        captioner: impl Into<Arc<Captioner>>,
         task: &str,
         phrases: Option<Vec<String>>,
         params: GenerationParams,
         max_new_tokens: Option<usize>,
         num_beams: Option<usize>,
     ) -> Result<Self> {
+        let captioner: Arc<Captioner> = captioner.into();
         if !captioner.reads_tasks() {
             return Err(Error::Options(format!(
                 "{} cannot detect: detection needs a Florence-2 model",

@@ -29,6 +29,17 @@ pub struct Prepared {
     pub pixels: Vec<Pixels>,
 }
 
+/// The tokens one image's text took: what a server reports as `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The prompt's tokens, image tokens included where the model reads them as tokens.
+    pub prompt_tokens: usize,
+    /// New tokens of the (first) reply, end-of-sequence included when reached.
+    pub completion_tokens: usize,
+    /// The reply ended at the token limit.
+    pub truncated: bool,
+}
+
 /// A step of a run: turns a batch of prepared images into record fields, one map per image.
 pub trait Stage: Send {
     /// The stage's name ("caption", "classify", "label" or a pipeline's own): a field another stage

@@ -95,6 +95,30 @@ fn shipped_or_file(spec: &str, shipped: &[(&str, &str)], what: &str) -> Result<V
     )))
 }
 
+/// A shipped list by name, never a file: what a server's request may name.
+fn shipped_only(spec: &str, shipped: &[(&str, &str)], what: &str) -> Result<Vec<String>> {
+    match shipped.iter().find(|(name, _)| *name == spec) {
+        Some((_, text)) => Ok(parse_list(text)),
+        None => {
+            let names: Vec<&str> = shipped.iter().map(|(n, _)| *n).collect();
+            Err(Error::Options(format!(
+                "{what} '{spec}' is not a shipped one ({})",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// A shipped vocabulary (`everyday`, `coco`) by name.
+pub fn shipped_vocab(name: &str) -> Result<Vec<String>> {
+    shipped_only(name, VOCABS, "vocabulary")
+}
+
+/// A shipped template set (`default`, `single`) by name.
+pub fn shipped_templates(name: &str) -> Result<Vec<String>> {
+    shipped_only(name, TEMPLATES, "template set")
+}
+
 /// An instruction from a file or a shipped one's name: the text without its `#` comment lines,
 /// trimmed.
 pub fn instruction(spec: &str) -> Result<String> {

@@ -188,7 +188,7 @@ fn configure_tokenizer(
 }
 
 /// `x / ||x||` along the last dimension.
-pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
 }
 
