@@ -396,6 +396,9 @@ async fn run_images(
         .model
         .processor(&spec)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    // A client that leaves while its images decode drops them here; once queued, the model
+    // thread drops them.
+    let mut abandoned = Abandoned(n);
     let fetch = state.options.url_fetch.clone();
     let max_pixels = state.options.max_image_pixels;
     let prepared = tokio::task::spawn_blocking(move || {
@@ -432,6 +435,7 @@ async fn run_images(
         }
     }
     served.queue.push(work);
+    abandoned.0 = 0;
     let mut answers = Vec::with_capacity(n);
     for (index, slot) in waiting.into_iter().enumerate() {
         let mut record = Map::new();
@@ -467,6 +471,18 @@ async fn run_images(
     }
     metrics::gauge!("glance_queue_images").set(state.queued().saturating_sub(n) as f64);
     Ok(answers)
+}
+
+/// Counts a request's images as dropped if its future is dropped (the client left) before
+/// they reach the queue.
+struct Abandoned(usize);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            metrics::counter!("glance_images_dropped_total").increment(self.0 as u64);
+        }
+    }
 }
 
 fn results(served: &Served, answers: Vec<Answer>) -> Response {

@@ -1,6 +1,8 @@
 //! Helpers shared by integration tests: fixture paths and the committed reference outputs.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 
 pub fn repo() -> PathBuf {
