@@ -183,6 +183,35 @@ fn every_endpoint_answers_what_the_cli_writes() {
         )
     );
 
+    // Streamed, the caption arrives in pieces that join to the same text.
+    let mut response = agent()
+        .post(&server.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .send(
+            json!({"model": blip, "stream": true, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a picture of"},
+                {"type": "image_url", "image_url": {"url": data_url}}
+            ]}]})
+            .to_string(),
+        )
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let deltas: Vec<String> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|d| !d.is_empty())
+        .collect();
+    assert_eq!(deltas.concat(), cli[0]["caption"].as_str().unwrap());
+    assert!(deltas.len() > 1, "{deltas:?}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
     // Embeddings: unit vectors whose cosines rank the labels as classify does with the bare
     // label as its prompt.
     let labels = ["a cat", "a cup of coffee", "a camera", "a person"];
@@ -341,7 +370,7 @@ fn chat_completions_go_through_the_chat_template() {
     let text = response.body_mut().read_to_string().unwrap();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.last(), Some(&"data: [DONE]"));
-    let joined: String = events[..events.len() - 1]
+    let deltas: Vec<String> = events[..events.len() - 1]
         .iter()
         .map(|e| {
             let chunk: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
@@ -351,8 +380,13 @@ fn chat_completions_go_through_the_chat_template() {
                 .unwrap_or_default()
                 .to_string()
         })
+        .filter(|d| !d.is_empty())
         .collect();
-    assert_eq!(joined, content);
+    assert_eq!(deltas.concat(), content);
+    // Token by token: more than one piece for a reply of several words.
+    if content.split_whitespace().count() > 2 {
+        assert!(deltas.len() > 2, "{deltas:?}");
+    }
 
     // One user turn with one image is what is served; anything else is named.
     let (status, answer) = server.post(

@@ -250,7 +250,7 @@ pub struct LabelArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
     /// At most this many tags per image, best first.
-    #[arg(long, default_value_t = glance::run::pipeline::default_max_tags())]
+    #[arg(long, default_value_t = glance::tasks::classify::DEFAULT_MAX_TAGS)]
     pub max_tags: usize,
 }
 

@@ -265,6 +265,36 @@ pub fn row_seeds(image_seeds: &[u64], n: usize) -> Vec<u64> {
         .collect()
 }
 
+thread_local! {
+    static OBSERVER: std::cell::RefCell<Option<TokenObserver>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Told `(row, token)` for each token the greedy / sampling loop picks.
+pub type TokenObserver = Box<dyn FnMut(usize, u32)>;
+
+/// Runs `f` with `observer` told of every token [`decode`] picks on this thread, as it picks
+/// it: how a server streams a reply while it is generated. Beam search tells nothing (its
+/// tokens are final only at the end). The observer is dropped when `f` returns.
+pub fn observing<R>(observer: TokenObserver, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            OBSERVER.with(|o| o.borrow_mut().take());
+        }
+    }
+    OBSERVER.with(|o| *o.borrow_mut() = Some(observer));
+    let _reset = Reset;
+    f()
+}
+
+fn observe(row: usize, token: u32) {
+    OBSERVER.with(|o| {
+        if let Some(f) = o.borrow_mut().as_mut() {
+            f(row, token)
+        }
+    });
+}
+
 /// The greedy and sampling loop: `first` are the logits after each row's prompt `seqs[r]`,
 /// `seeds` one sampling stream per row. A row ends at any of `eos` or after
 /// `params.max_new_tokens`; finished rows leave the batch. Returns each row's prompt followed
@@ -296,6 +326,7 @@ pub fn decode(
                 logits::argmax(&scores)
             };
             seqs[seq].push(token);
+            observe(seq, token);
             if !eos.contains(&token) {
                 keep.push(row as u32);
                 next.push(token);

@@ -139,9 +139,8 @@ fn default_top_k() -> usize {
     5
 }
 
-/// The default `--max-tags`.
-pub fn default_max_tags() -> usize {
-    20
+fn default_max_tags() -> usize {
+    crate::tasks::classify::DEFAULT_MAX_TAGS
 }
 
 /// Where the labels and templates of a zero-shot stage come from.

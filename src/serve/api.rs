@@ -15,7 +15,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::images::{self, Source};
 use super::models::{embed_texts, Spec, Task};
@@ -365,6 +365,17 @@ async fn run_images(
     spec: Spec,
     sources: Vec<Source>,
 ) -> ApiResult<Vec<Answer>> {
+    run_images_streaming(state, served, spec, sources, None).await
+}
+
+/// [`run_images`], the first image's reply tokens sent to `stream` as they are generated.
+async fn run_images_streaming(
+    state: &AppState,
+    served: &Served,
+    spec: Spec,
+    sources: Vec<Source>,
+    mut stream: Option<mpsc::UnboundedSender<u32>>,
+) -> ApiResult<Vec<Answer>> {
     let n = sources.len();
     if n == 0 {
         return Err(ApiError::invalid("images: give at least one image"));
@@ -428,6 +439,7 @@ async fn run_images(
                     key: key.clone(),
                     prepared: p,
                     reply: tx,
+                    stream: stream.take(),
                 }));
                 waiting.push(Ok((rx, size)));
             }
@@ -827,7 +839,7 @@ async fn label(State(state): State<Arc<AppState>>, request: Request) -> ApiResul
     };
     let max_tags = body
         .max_tags
-        .unwrap_or_else(crate::run::pipeline::default_max_tags);
+        .unwrap_or(crate::tasks::classify::DEFAULT_MAX_TAGS);
     if max_tags == 0 {
         return Err(ApiError::invalid("max_tags: must be at least 1"));
     }
@@ -1184,8 +1196,36 @@ async fn chat_completions(
             default_caption_spec(served, prompt, None, generation)?
         }
     };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let chunks = Chunks {
+        id: format!("chatcmpl-{created}{:x}", rand_suffix()),
+        created,
+        model: served.id.clone(),
+    };
+    if body.stream {
+        return Ok(stream_reply(state.clone(), served, spec, image, chunks));
+    }
     let answers = run_images(&state, served, spec, vec![image]).await?;
-    let answer = &answers[0];
+    let (content, usage) = chat_answer(&answers[0])?;
+    Ok(axum::Json(json!({
+        "id": chunks.id,
+        "object": "chat.completion",
+        "created": chunks.created,
+        "model": chunks.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": finish_reason(&usage),
+        }],
+        "usage": usage_json(&usage),
+    }))
+    .into_response())
+}
+
+/// The reply's text and token counts, or the image's error.
+fn chat_answer(answer: &Answer) -> ApiResult<(String, Usage)> {
     if let Some(error) = answer.record.get("error").and_then(Value::as_str) {
         return Err(ApiError::invalid(format!("messages: the image: {error}")));
     }
@@ -1195,61 +1235,200 @@ async fn chat_completions(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let usage = answer.usage.unwrap_or_default();
-    let finish = if usage.truncated { "length" } else { "stop" };
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let id = format!("chatcmpl-{created}{:x}", rand_suffix());
-    let usage_json = json!({
+    Ok((content, answer.usage.unwrap_or_default()))
+}
+
+fn finish_reason(usage: &Usage) -> &'static str {
+    if usage.truncated {
+        "length"
+    } else {
+        "stop"
+    }
+}
+
+fn usage_json(usage: &Usage) -> Value {
+    json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    });
-    if !body.stream {
-        return Ok(axum::Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": served.id,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish,
-            }],
-            "usage": usage_json,
-        }))
-        .into_response());
-    }
-    // Server-sent events as OpenAI streams them: the role, the content, the finish reason
-    // (with usage), then [DONE]. The reply is generated in one piece, so it is one content chunk.
-    let chunk = |delta: Value, finish: Value, usage: Option<&Value>| {
+    })
+}
+
+/// Server-sent `chat.completion.chunk` events of one completion.
+struct Chunks {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Chunks {
+    fn event(&self, delta: Value, finish: Value, usage: Option<Value>) -> String {
         let mut c = json!({
-            "id": id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.id,
+            "created": self.created,
+            "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
         if let Some(u) = usage {
-            c["usage"] = u.clone();
+            c["usage"] = u;
         }
         format!("data: {c}\n\n")
+    }
+}
+
+/// Stops a request's work when its stream is dropped (the client left).
+struct AbortOnDrop(tokio::task::JoinHandle<ApiResult<Vec<Answer>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Phase {
+    Start,
+    Tokens,
+    Final,
+    Done,
+}
+
+/// A streamed completion: the role, a content delta as each token turns into text, the
+/// finish reason with usage, then `[DONE]`, as OpenAI streams them. Beam search (a captioner's
+/// default where its checkpoint asks for beams) has no tokens until the end: its reply comes as
+/// one delta.
+struct Streaming {
+    phase: Phase,
+    tokens_rx: mpsc::UnboundedReceiver<u32>,
+    task: AbortOnDrop,
+    model: crate::serve::Model,
+    /// Decoded in front of the new tokens: a captioner's caption includes its prompt.
+    prefix: Vec<u32>,
+    tokens: Vec<u32>,
+    sent: String,
+    chunks: Chunks,
+}
+
+impl Streaming {
+    /// The text the new tokens add, once it is whole (no half a UTF-8 character, no
+    /// trailing space that the final text trims).
+    fn delta(&mut self) -> Option<String> {
+        let ids: Vec<u32> = self.prefix.iter().chain(&self.tokens).copied().collect();
+        let text = self.model.tokenizer()?.decode(&ids, true).ok()?;
+        let text = text.trim();
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.sent.len()
+            || !text.starts_with(&self.sent)
+        {
+            return None;
+        }
+        let delta = text[self.sent.len()..].to_string();
+        self.sent = text.to_string();
+        Some(delta)
+    }
+
+    async fn finish(&mut self) -> String {
+        let result = match (&mut self.task.0).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::internal("the request stopped")),
+        };
+        let answer = result.and_then(|answers| chat_answer(&answers[0]));
+        let mut events = String::new();
+        match answer {
+            Ok((content, usage)) => {
+                if let Some(rest) = content.strip_prefix(self.sent.as_str()) {
+                    if !rest.is_empty() {
+                        events.push_str(&self.chunks.event(
+                            json!({"content": rest}),
+                            Value::Null,
+                            None,
+                        ));
+                    }
+                }
+                events.push_str(&self.chunks.event(
+                    json!({}),
+                    finish_reason(&usage).into(),
+                    Some(usage_json(&usage)),
+                ));
+            }
+            Err(e) => {
+                let error = json!({"error": {"message": e.message, "type": e.kind}});
+                events.push_str(&format!("data: {error}\n\n"));
+            }
+        }
+        events.push_str("data: [DONE]\n\n");
+        events
+    }
+}
+
+fn stream_reply(
+    state: Arc<AppState>,
+    served: &Served,
+    spec: Spec,
+    image: Source,
+    chunks: Chunks,
+) -> Response {
+    let index = state
+        .models
+        .iter()
+        .position(|s| std::ptr::eq(s, served))
+        .expect("a loaded model");
+    let prefix = match (&served.model, &spec) {
+        (crate::serve::Model::Captioner(m), Spec::Caption { prompt, .. }) => {
+            m.prompt_ids(prompt.as_deref()).unwrap_or_default()
+        }
+        _ => Vec::new(),
     };
-    let mut events = String::new();
-    events.push_str(&chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-        None,
-    ));
-    events.push_str(&chunk(json!({"content": content}), Value::Null, None));
-    events.push_str(&chunk(json!({}), finish.into(), Some(&usage_json)));
-    events.push_str("data: [DONE]\n\n");
-    Ok(Response::builder()
+    let model = served.model.clone();
+    let (tx, tokens_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let served = &state.models[index];
+        run_images_streaming(&state, served, spec, vec![image], Some(tx)).await
+    });
+    let streaming = Streaming {
+        phase: Phase::Start,
+        tokens_rx,
+        task: AbortOnDrop(task),
+        model,
+        prefix,
+        tokens: Vec::new(),
+        sent: String::new(),
+        chunks,
+    };
+    let events = futures_util::stream::unfold(streaming, |mut s| async move {
+        loop {
+            match s.phase {
+                Phase::Start => {
+                    s.phase = Phase::Tokens;
+                    let role = json!({"role": "assistant", "content": ""});
+                    let event = s.chunks.event(role, Value::Null, None);
+                    return Some((Ok::<_, std::convert::Infallible>(event), s));
+                }
+                Phase::Tokens => match s.tokens_rx.recv().await {
+                    Some(token) => {
+                        s.tokens.push(token);
+                        if let Some(delta) = s.delta() {
+                            let event =
+                                s.chunks.event(json!({"content": delta}), Value::Null, None);
+                            return Some((Ok(event), s));
+                        }
+                    }
+                    None => s.phase = Phase::Final,
+                },
+                Phase::Final => {
+                    s.phase = Phase::Done;
+                    let events = s.finish().await;
+                    return Some((Ok(events), s));
+                }
+                Phase::Done => return None,
+            }
+        }
+    });
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from(events))
-        .expect("a valid response"))
+        .body(Body::from_stream(events))
+        .expect("a valid response")
 }
 
 fn rand_suffix() -> u64 {

@@ -77,6 +77,15 @@ impl Model {
         }
     }
 
+    /// The tokenizer of a text-generating model.
+    pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
+        match self {
+            Model::Captioner(m) => Some(m.tokenizer()),
+            Model::Chat(m) => Some(m.tokenizer()),
+            Model::Recognizer(_) => None,
+        }
+    }
+
     /// The tasks its architecture supports.
     pub fn tasks(&self) -> Vec<Task> {
         match self {

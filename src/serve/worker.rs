@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::models::{Model, ServedStage, Spec};
 use crate::kernels::on_compute_pool;
@@ -42,6 +42,8 @@ pub struct ImageJob {
     pub key: Arc<str>,
     pub prepared: Prepared,
     pub reply: oneshot::Sender<Outcome>,
+    /// Told each token of the image's reply as it is generated (a streamed chat completion).
+    pub stream: Option<mpsc::UnboundedSender<u32>>,
 }
 
 #[derive(Default)]
@@ -172,14 +174,33 @@ fn run_batch(model: &Model, stages: &mut StageCache, jobs: Vec<ImageJob>) {
     let Some(first) = jobs.first() else { return };
     let spec = first.spec.clone();
     let key = first.key.clone();
-    let (prepared, replies): (Vec<Prepared>, Vec<oneshot::Sender<Outcome>>) =
-        jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
+    let mut prepared = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut streams = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        prepared.push(job.prepared);
+        replies.push(job.reply);
+        streams.push(job.stream);
+    }
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let stage = match stages.get(model, &key, &spec) {
             Ok(stage) => stage,
             Err(message) => return Err(message),
         };
-        Ok(on_compute_pool(|| stage.run(&prepared)))
+        if streams.iter().all(Option::is_none) {
+            return Ok(on_compute_pool(|| stage.run(&prepared)));
+        }
+        // A streamed request asks for one reply per image, and shares its batch only with
+        // requests of the same options: row r of the decode loop is image r. The senders go
+        // when the stage returns, which ends each stream.
+        Ok(on_compute_pool(move || {
+            let observer: crate::generation::TokenObserver = Box::new(move |row, token| {
+                if let Some(Some(tx)) = streams.get(row) {
+                    let _ = tx.send(token);
+                }
+            });
+            crate::generation::observing(observer, || stage.run(&prepared))
+        }))
     }));
     let outcomes: Vec<Outcome> = match result {
         Ok(Ok(Ok(out))) => out

@@ -125,6 +125,10 @@ impl ChatCaptioner {
         &self.processor
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// The checkpoint's decoding defaults.
     pub fn defaults(&self) -> &GenerationParams {
         &self.defaults

@@ -123,6 +123,9 @@ pub fn load_recognizer(files: &ModelFiles, device: &Device, dtype: DType) -> Res
     })))
 }
 
+/// At most this many tags per image unless asked otherwise (`--max-tags`).
+pub const DEFAULT_MAX_TAGS: usize = 20;
+
 /// What a zero-shot stage writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
