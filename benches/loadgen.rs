@@ -140,7 +140,7 @@ fn load(args: &Args) -> Value {
                         done_images.fetch_add(images[k], Ordering::Relaxed);
                     }
                     if let Some(pid) = args.pid {
-                        if i % 100 == 0 {
+                        if i.is_multiple_of(100) {
                             if let Some(mb) = rss_mb(pid) {
                                 rss.lock().unwrap().push((i, mb));
                             }

@@ -410,6 +410,7 @@ async fn run_images_streaming(
     // A client that leaves while its images decode drops them here; once queued, the model
     // thread drops them.
     let mut abandoned = Abandoned(n);
+    let arriving = served.queue.expect(n);
     let fetch = state.options.url_fetch.clone();
     let max_pixels = state.options.max_image_pixels;
     let prepared = tokio::task::spawn_blocking(move || {
@@ -446,7 +447,7 @@ async fn run_images_streaming(
             Err(message) => waiting.push(Err(message)),
         }
     }
-    served.queue.push(work);
+    served.queue.push(work, Some(arriving));
     abandoned.0 = 0;
     let mut answers = Vec::with_capacity(n);
     for (index, slot) in waiting.into_iter().enumerate() {
@@ -974,16 +975,19 @@ async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> Api
     if !texts.is_empty() {
         let (tx, rx) = oneshot::channel();
         let call_texts = texts.clone();
-        served.queue.push(vec![Work::Call(Box::new(move |model| {
-            let out = match model.image_text() {
-                Some(m) => crate::kernels::on_compute_pool(|| {
-                    let n: usize = m.tokenize(&call_texts)?.iter().map(Vec::len).sum();
-                    Ok((embed_texts(m, &call_texts)?, n))
-                }),
-                None => Err(crate::Error::Options("not an image-text model".into())),
-            };
-            let _ = tx.send(out.map_err(|e: crate::Error| e.to_string()));
-        }))]);
+        served.queue.push(
+            vec![Work::Call(Box::new(move |model| {
+                let out = match model.image_text() {
+                    Some(m) => crate::kernels::on_compute_pool(|| {
+                        let n: usize = m.tokenize(&call_texts)?.iter().map(Vec::len).sum();
+                        Ok((embed_texts(m, &call_texts)?, n))
+                    }),
+                    None => Err(crate::Error::Options("not an image-text model".into())),
+                };
+                let _ = tx.send(out.map_err(|e: crate::Error| e.to_string()));
+            }))],
+            None,
+        );
         let (rows, n) = rx
             .await
             .map_err(|_| ApiError::internal("the model thread stopped"))?

@@ -49,7 +49,30 @@ pub struct ImageJob {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Work>,
+    /// Images accepted for this model whose decoding is under way: queued requests whose
+    /// pixels are not ready yet.
+    arriving: usize,
     closed: bool,
+}
+
+/// How long a batch waits, at most, for images already accepted but still being decoded.
+const ARRIVAL_WAIT: Duration = Duration::from_millis(250);
+
+/// Images a request has been accepted with and is decoding; given back when they are queued,
+/// or when the request goes.
+pub struct Arriving {
+    queue: Arc<Queue>,
+    images: usize,
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if self.images > 0 {
+            let mut state = self.queue.state.lock().expect("queue lock");
+            state.arriving -= self.images;
+            self.queue.ready.notify_all();
+        }
+    }
 }
 
 /// The queue of one model.
@@ -66,10 +89,24 @@ impl Queue {
         })
     }
 
-    pub fn push(&self, work: Vec<Work>) {
+    /// Says `images` images are on their way (being decoded), so a batch forming now waits
+    /// for them rather than leaving without them.
+    pub fn expect(self: &Arc<Self>, images: usize) -> Arriving {
+        self.state.lock().expect("queue lock").arriving += images;
+        Arriving {
+            queue: self.clone(),
+            images,
+        }
+    }
+
+    /// Queues a request's images (those that decoded), ending their `arriving`.
+    pub fn push(&self, work: Vec<Work>, mut arriving: Option<Arriving>) {
         let mut state = self.state.lock().expect("queue lock");
         state.jobs.extend(work);
-        self.ready.notify_one();
+        if let Some(a) = arriving.as_mut() {
+            state.arriving -= std::mem::take(&mut a.images);
+        }
+        self.ready.notify_all();
     }
 
     /// No more work: the thread finishes what is queued and exits.
@@ -91,16 +128,23 @@ impl Queue {
                 Some(Work::Call(f)) => return Some(Batch::Call(f)),
                 Some(Work::Image(first)) => {
                     let mut jobs = vec![first];
-                    let mut rest = VecDeque::with_capacity(state.jobs.len());
-                    for work in state.jobs.drain(..) {
-                        match work {
-                            Work::Image(job) if jobs.len() < max && job.key == jobs[0].key => {
-                                jobs.push(job)
-                            }
-                            other => rest.push_back(other),
+                    take_same_key(&mut state.jobs, &mut jobs, max);
+                    // Requests accepted while the model was busy may still be decoding
+                    // their images: they are part of the queue, so the batch waits for them
+                    // (never longer than ARRIVAL_WAIT), not for requests yet to come.
+                    let deadline = Instant::now() + ARRIVAL_WAIT;
+                    while jobs.len() < max && state.arriving > 0 && !state.closed {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
                         }
+                        state = self
+                            .ready
+                            .wait_timeout(state, deadline - now)
+                            .expect("queue lock")
+                            .0;
+                        take_same_key(&mut state.jobs, &mut jobs, max);
                     }
-                    state.jobs = rest;
                     return Some(Batch::Images(jobs));
                 }
                 None if state.closed => return None,
@@ -108,6 +152,18 @@ impl Queue {
             }
         }
     }
+}
+
+/// Moves queued images with the key of `jobs[0]` into `jobs`, up to `max` in all.
+fn take_same_key(queue: &mut VecDeque<Work>, jobs: &mut Vec<ImageJob>, max: usize) {
+    let mut rest = VecDeque::with_capacity(queue.len());
+    for work in queue.drain(..) {
+        match work {
+            Work::Image(job) if jobs.len() < max && job.key == jobs[0].key => jobs.push(job),
+            other => rest.push_back(other),
+        }
+    }
+    *queue = rest;
 }
 
 fn drop_abandoned(jobs: &mut VecDeque<Work>) -> usize {
