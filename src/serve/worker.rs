@@ -371,3 +371,62 @@ impl Rate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::Overrides;
+    use crate::load::hub::{ModelFiles, ModelSource};
+    use crate::preprocess::Pixels;
+    use crate::tasks::chat::ChatOptions;
+
+    #[test]
+    fn a_panic_fails_its_batch_and_the_model_thread_goes_on() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-vl-tiny");
+        let files = ModelFiles::new(ModelSource::parse(dir.to_str().unwrap(), None)).unwrap();
+        let model =
+            Model::load(&files, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let queue = Queue::new();
+        let thread = spawn(model, queue.clone(), 4, 0).unwrap();
+        let spec = Arc::new(Spec::Chat(ChatOptions {
+            instruction: "Describe the image.".into(),
+            generation: Overrides {
+                max_new_tokens: Some(2),
+                ..Overrides::default()
+            },
+            quiet: true,
+            ..ChatOptions::default()
+        }));
+        // Channels-first pixels where the chat stage expects patches: a bug it panics on.
+        let wrong = Prepared {
+            name: "0".into(),
+            width: 8,
+            height: 8,
+            pixels: vec![Pixels::Chw(vec![0.0; 3 * 8 * 8])],
+        };
+        let (tx, rx) = oneshot::channel();
+        queue.push(
+            vec![Work::Image(ImageJob {
+                key: spec.key().into(),
+                spec,
+                prepared: wrong,
+                reply: tx,
+                stream: None,
+            })],
+            None,
+        );
+        assert!(matches!(rx.blocking_recv().unwrap(), Outcome::Crashed(_)));
+        // The thread is still there and takes the next job.
+        let (tx, rx) = std::sync::mpsc::channel();
+        queue.push(
+            vec![Work::Call(Box::new(move |m| {
+                let _ = tx.send(m.name().to_string());
+            }))],
+            None,
+        );
+        assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok());
+        queue.close();
+        thread.join().unwrap();
+    }
+}
