@@ -1,7 +1,6 @@
 //! The routes: request bodies (JSON, or multipart with `image` file parts), the records they
 //! answer with, and the errors: `{"error": {"message", "type"}}` with a 4xx naming the problem.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -402,14 +401,12 @@ async fn run_images_streaming(
                 ),
             )
         })?;
-    metrics::gauge!("glance_queue_images").set(state.queued() as f64);
     let processor = served
         .model
         .processor(&spec)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    // A client that leaves while its images decode drops them here; once queued, the model
-    // thread drops them.
-    let mut abandoned = Abandoned(n);
+    // A client that leaves while its images decode drops them with `arriving`; once queued,
+    // the model thread drops them.
     let arriving = served.queue.expect(n);
     let fetch = state.options.url_fetch.clone();
     let max_pixels = state.options.max_image_pixels;
@@ -448,7 +445,6 @@ async fn run_images_streaming(
         }
     }
     served.queue.push(work, Some(arriving));
-    abandoned.0 = 0;
     let mut answers = Vec::with_capacity(n);
     for (index, slot) in waiting.into_iter().enumerate() {
         let mut record = Map::new();
@@ -482,20 +478,7 @@ async fn run_images_streaming(
             usage,
         });
     }
-    metrics::gauge!("glance_queue_images").set(state.queued().saturating_sub(n) as f64);
     Ok(answers)
-}
-
-/// Counts a request's images as dropped if its future is dropped (the client left) before
-/// they reach the queue.
-struct Abandoned(usize);
-
-impl Drop for Abandoned {
-    fn drop(&mut self) {
-        if self.0 > 0 {
-            metrics::counter!("glance_images_dropped_total").increment(self.0 as u64);
-        }
-    }
 }
 
 fn results(served: &Served, answers: Vec<Answer>) -> Response {
@@ -507,44 +490,36 @@ fn results(served: &Served, answers: Vec<Answer>) -> Response {
 /// model's first task.
 pub async fn warm_up(state: &AppState, served: &Served) -> anyhow::Result<()> {
     let spec = match served.tasks[0] {
-        Task::Caption => default_caption_spec(served, None, None, Overrides::default())
-            .map_err(|e| anyhow::anyhow!(e.message))?,
-        Task::Classify => match &served.model {
-            crate::serve::Model::Recognizer(Recognizer::ZeroShot(_)) => Spec::Classify {
-                labels: Some(vec!["a photo".into()]),
-                templates: vec!["{}".into()],
+        Task::Caption => {
+            let short = Overrides {
+                max_new_tokens: Some(2),
+                num_beams: Some(1),
+                ..Overrides::default()
+            };
+            default_caption_spec(served, None, None, short)
+                .map_err(|e| anyhow::anyhow!(e.message))?
+        }
+        Task::Classify => {
+            // A zero-shot model needs a label; a closed-set classifier has its own.
+            let zero_shot = matches!(
+                served.model,
+                crate::serve::Model::Recognizer(Recognizer::ZeroShot(_))
+            );
+            Spec::Classify {
+                labels: zero_shot.then(|| vec!["a photo".into()]),
+                templates: if zero_shot {
+                    vec!["{}".into()]
+                } else {
+                    Vec::new()
+                },
                 mode: Mode::Classify {
                     top_k: 1,
                     min_score: None,
                     multi_label: None,
                 },
-            },
-            _ => Spec::Classify {
-                labels: None,
-                templates: Vec::new(),
-                mode: Mode::Classify {
-                    top_k: 1,
-                    min_score: None,
-                    multi_label: None,
-                },
-            },
-        },
+            }
+        }
         _ => anyhow::bail!("no task to check"),
-    };
-    let spec = match spec {
-        Spec::Caption {
-            prompt,
-            mut generation,
-        } => {
-            generation.max_new_tokens = Some(2);
-            generation.num_beams = Some(1);
-            Spec::Caption { prompt, generation }
-        }
-        Spec::Chat(mut options) => {
-            options.generation.max_new_tokens = Some(2);
-            Spec::Chat(options)
-        }
-        other => other,
     };
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
@@ -675,9 +650,6 @@ async fn caption(State(state): State<Arc<AppState>>, request: Request) -> ApiRes
             options.min_pixels = body.min_pixels;
             options.max_pixels = body.max_pixels;
             options.greedy = body.greedy;
-            // The chat defaults come from the checkpoint: only what the request names.
-            options.generation.num_return_sequences = body.num_return_sequences;
-            options.generation.seed = body.seed;
         }
         _ => {
             let chat_only = [
@@ -1437,16 +1409,18 @@ fn stream_reply(
 
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    h.finish() & 0xffff_ffff
+    // A fresh RandomState is randomly keyed: its hash of nothing is a random number.
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        & 0xffff_ffff
 }
 
 // ---- /health, /info, /metrics, /openapi.json ----
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let alive = state.models.iter().all(Served::alive);
-    match state.healthy.load(Ordering::SeqCst) && alive {
+    // The server listens only once every model has run a forward pass.
+    match state.models.iter().all(Served::alive) {
         true => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
         false => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -10,7 +10,6 @@ mod openapi;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +65,6 @@ pub struct AppState {
     pub permits: Arc<Semaphore>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
-    pub healthy: AtomicBool,
 }
 
 impl AppState {
@@ -112,7 +110,6 @@ pub fn serve(loaded: Vec<(String, Model)>, options: ServeOptions) -> Result<()> 
         options,
         metrics,
         started: Instant::now(),
-        healthy: AtomicBool::new(false),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,7 +137,6 @@ async fn run(state: Arc<AppState>) -> Result<()> {
             .await
             .with_context(|| format!("{} failed its first forward pass", served.id))?;
     }
-    state.healthy.store(true, Ordering::SeqCst);
     let addr = format!("{}:{}", state.options.host, state.options.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

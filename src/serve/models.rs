@@ -11,9 +11,10 @@ use crate::error::{Error, Result};
 use crate::generation::{GenerationParams, Overrides};
 use crate::load::hub::ModelFiles;
 use crate::load::read_json;
+use crate::models::Architecture;
 use crate::preprocess::ImageProcessor;
 use crate::tasks::caption::{CaptionStage, Captioner};
-use crate::tasks::chat::{self, ChatCaptioner, ChatOptions, ChatStage};
+use crate::tasks::chat::{ChatCaptioner, ChatOptions, ChatStage};
 use crate::tasks::classify::{load_recognizer, ClassifyStage, Mode, Recognizer};
 use crate::tasks::detect::DetectStage;
 use crate::tasks::zero_shot::ImageTextModel;
@@ -56,17 +57,17 @@ impl Model {
     /// Loads whatever `config.json` names: a chat VLM, a captioner, or a classifier.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let config = read_json(&files.get("config.json")?)?;
-        if chat::is_chat_model(&config) {
-            return Ok(Model::Chat(Arc::new(ChatCaptioner::load(
-                files, device, dtype,
-            )?)));
-        }
-        if crate::models::Architecture::from_config(&config, &files.source().name())?.captions() {
-            return Ok(Model::Captioner(Arc::new(Captioner::load(
-                files, device, dtype,
-            )?)));
-        }
-        Ok(Model::Recognizer(load_recognizer(files, device, dtype)?))
+        Ok(
+            match Architecture::from_config(&config, &files.source().name())? {
+                Architecture::Qwen3Vl(_) => {
+                    Model::Chat(Arc::new(ChatCaptioner::load(files, device, dtype)?))
+                }
+                arch if arch.captions() => {
+                    Model::Captioner(Arc::new(Captioner::load(files, device, dtype)?))
+                }
+                _ => Model::Recognizer(load_recognizer(files, device, dtype)?),
+            },
+        )
     }
 
     pub fn name(&self) -> &str {

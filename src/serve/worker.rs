@@ -59,7 +59,7 @@ struct State {
 const ARRIVAL_WAIT: Duration = Duration::from_millis(250);
 
 /// Images a request has been accepted with and is decoding; given back when they are queued,
-/// or when the request goes.
+/// or, counted as dropped, when the request goes first (its client left).
 pub struct Arriving {
     queue: Arc<Queue>,
     images: usize,
@@ -68,6 +68,7 @@ pub struct Arriving {
 impl Drop for Arriving {
     fn drop(&mut self) {
         if self.images > 0 {
+            metrics::counter!("glance_images_dropped_total").increment(self.images as u64);
             let mut state = self.queue.state.lock().expect("queue lock");
             state.arriving -= self.images;
             self.queue.ready.notify_all();
