@@ -240,23 +240,8 @@ fn prepare(input: &Input, preprocessors: &[ImageProcessor], max_pixels: u64) -> 
     let decoded =
         std::panic::catch_unwind(|| crate::preprocess::decode::decode(&input.path, max_pixels))
             .unwrap_or_else(|_| Err("the image decoder crashed on this file".to_string()));
-    let prepared = decoded.and_then(|d| {
-        let pixels = preprocessors
-            .iter()
-            .map(|p| p.apply(&d.rgb))
-            .collect::<std::result::Result<Vec<_>, String>>()?;
-        Ok((d, pixels))
-    });
-    match prepared {
-        Ok((d, pixels)) => Item::Ready(
-            input.clone(),
-            Prepared {
-                name: input.display.clone(),
-                width: d.width,
-                height: d.height,
-                pixels,
-            },
-        ),
+    match decoded.and_then(|d| Prepared::new(input.display.clone(), &d, preprocessors)) {
+        Ok(prepared) => Item::Ready(input.clone(), prepared),
         Err(message) => Item::Failed(
             Record::new(input.display.clone())
                 .with_path(input.path.clone())

@@ -92,13 +92,7 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     let decoded = std::panic::catch_unwind(|| decode_bytes(bytes, max_pixels))
         .unwrap_or_else(|_| Err("the image decoder crashed on this image".to_string()))?;
-    let pixels = processor.apply(&decoded.rgb)?;
-    Ok(Prepared {
-        name,
-        width: decoded.width,
-        height: decoded.height,
-        pixels: vec![pixels],
-    })
+    Prepared::new(name, &decoded, std::slice::from_ref(processor))
 }
 
 /// Whether a server may connect to `ip` on a user's behalf: public unicast addresses only.

@@ -227,15 +227,7 @@ impl ClassifyStage {
             given => given,
         };
         crate::tasks::prompts::check_templates(templates, "the templates")?;
-        match &mode {
-            Mode::Classify { top_k: 0, .. } => {
-                return Err(Error::Options("--top-k must be at least 1".into()))
-            }
-            Mode::Label { max_tags: 0, .. } => {
-                return Err(Error::Options("--max-tags must be at least 1".into()))
-            }
-            _ => {}
-        }
+        check_mode(&mode)?;
         let (text_embeds, prompts) =
             crate::kernels::on_compute_pool(|| model.ensemble_text_embeds(&labels, templates))?;
         Ok(Self {

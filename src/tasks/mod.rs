@@ -29,6 +29,26 @@ pub struct Prepared {
     pub pixels: Vec<Pixels>,
 }
 
+impl Prepared {
+    /// `image`'s pixels for each of `processors`, or why one of them cannot take it.
+    pub fn new(
+        name: String,
+        image: &crate::preprocess::decode::Decoded,
+        processors: &[ImageProcessor],
+    ) -> Result<Self, String> {
+        let pixels = processors
+            .iter()
+            .map(|p| p.apply(&image.rgb))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            name,
+            width: image.width,
+            height: image.height,
+            pixels,
+        })
+    }
+}
+
 /// The tokens one image's text took: what a server reports as `usage`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
