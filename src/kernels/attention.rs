@@ -6,8 +6,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::few_rows::dot_fn;
-use super::gemm_bf16::{matmul, PackedWeights};
-use super::softmax::softmax_rows;
+use super::map_attention::attend_one;
 use super::with_f32_values;
 
 /// Unmasked attention with many queries (vision towers) in `--dtype bf16` on the CPU: per
@@ -26,12 +25,8 @@ pub fn bf16(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
                         .iter()
                         .map(|x| x * scale)
                         .collect();
-                    let keys = PackedWeights::new(&ks[bh * s * d..][..s * d], s, d);
-                    let mut scores = matmul(&qh, n, &keys, None);
-                    softmax_rows(&mut scores, s);
-                    // P·V as P·(Vᵀ)ᵀ: the kernel's weights are Vᵀ, packed straight from V.
-                    let values = PackedWeights::from_transposed(&vs[bh * s * d..][..s * d], s, d);
-                    o.copy_from_slice(&matmul(&scores, n, &values, None));
+                    let (k, v) = (&ks[bh * s * d..][..s * d], &vs[bh * s * d..][..s * d]);
+                    attend_one(&qh, k, v, (n, s, d), true, o);
                 })
             })
         })

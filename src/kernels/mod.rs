@@ -1,5 +1,5 @@
 //! glance's own CPU kernels and the switches that choose them: the AVX512-BF16 GEMM, few-row
-//! products, softmax, GELU, fused attention, and the helpers they share to read and fill host
+//! products, softmax, GELU, fused attention (also over DaViT's token maps), convolution patches, and the helpers they share to read and fill host
 //! buffers. Kernels work on slices and tensors; they know nothing of layers or models.
 
 pub mod activation;
@@ -7,6 +7,8 @@ pub mod attention;
 pub mod depthwise;
 pub mod few_rows;
 pub mod gemm_bf16;
+pub mod map_attention;
+pub mod patches;
 pub mod softmax;
 
 use std::mem::MaybeUninit;

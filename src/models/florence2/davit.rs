@@ -10,6 +10,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Conv2d, Conv2dConfig, Embedding, LayerNorm, VarBuilder};
 
 use super::config::DavitConfig;
+use crate::kernels::map_attention;
+use crate::kernels::patches::{conv_weight_as_matrix, patches, Window};
 use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
 use crate::layers::channels_first_norm;
@@ -27,10 +29,19 @@ fn to_map(x: &Tensor, (b, c, h, w): (usize, usize, usize, usize)) -> Result<Tens
     x.transpose(1, 2)?.reshape((b, c, h, w))
 }
 
+/// A stage's patch embedding: a strided convolution and a layer norm before or after it.
 struct ConvEmbed {
-    conv: Conv2d,
+    conv: PatchConv,
     norm: LayerNorm,
     pre_norm: bool,
+}
+
+enum PatchConv {
+    /// On the CPU with f32 activations: the patches of the tokens as they lie, times the
+    /// weight as a matrix (see [`patches`]).
+    Patches { proj: Linear, window: Window },
+    /// Elsewhere: candle's convolution on an NCHW map.
+    Conv(Conv2d),
 }
 
 impl ConvEmbed {
@@ -40,13 +51,25 @@ impl ConvEmbed {
             s => cfg.embed_dim[s - 1],
         };
         let out_c = cfg.embed_dim[stage];
-        let conv_cfg = Conv2dConfig {
-            padding: cfg.patch_padding[stage],
+        let window = Window {
+            size: cfg.patch_size[stage],
             stride: cfg.patch_stride[stage],
+            padding: cfg.patch_padding[stage],
+        };
+        let conv_cfg = Conv2dConfig {
+            padding: window.padding,
+            stride: window.stride,
             ..Default::default()
         };
         let pre_norm = cfg.patch_prenorm[stage];
-        let conv = candle_nn::conv2d(in_c, out_c, cfg.patch_size[stage], conv_cfg, vb.pp("conv"))?;
+        let conv = candle_nn::conv2d(in_c, out_c, window.size, conv_cfg, vb.pp("conv"))?;
+        let conv = match crate::kernels::host_f32(conv.weight()) {
+            true => PatchConv::Patches {
+                proj: Linear::new(conv_weight_as_matrix(conv.weight())?, conv.bias().cloned()),
+                window,
+            },
+            false => PatchConv::Conv(conv),
+        };
         let norm = layer_norm(if pre_norm { in_c } else { out_c }, LN_EPS, vb.pp("norm"))?;
         Ok(Self {
             conv,
@@ -58,26 +81,47 @@ impl ConvEmbed {
     /// The previous stage's tokens (or, first, the pixels as a map) to this stage's tokens and
     /// map size.
     fn forward(&self, input: Features) -> Result<(Tensor, (usize, usize))> {
-        let map = match input {
-            Features::Pixels(pixels) if self.pre_norm => channels_first_norm(&self.norm, pixels)?,
-            Features::Pixels(pixels) => pixels.clone(),
-            Features::Tokens(t, (h, w)) => {
+        let (tokens, size) = match &self.conv {
+            PatchConv::Patches { proj, window } => {
+                let (t, size) = match input {
+                    Features::Pixels(pixels) => {
+                        let (_, _, h, w) = pixels.dims4()?;
+                        (to_tokens(pixels)?.contiguous()?, (h, w))
+                    }
+                    Features::Tokens(t, size) => (t.clone(), size),
+                };
                 let t = match self.pre_norm {
                     true => t.apply(&self.norm)?,
-                    false => t.clone(),
+                    false => t,
                 };
-                let (b, _, c) = t.dims3()?;
-                to_map(&t, (b, c, h, w))?.contiguous()?
+                let (p, size) = patches(&t, size, *window)?;
+                (p.apply(proj)?, size)
+            }
+            PatchConv::Conv(conv) => {
+                let map = match input {
+                    Features::Pixels(pixels) if self.pre_norm => {
+                        channels_first_norm(&self.norm, pixels)?
+                    }
+                    Features::Pixels(pixels) => pixels.clone(),
+                    Features::Tokens(t, (h, w)) => {
+                        let t = match self.pre_norm {
+                            true => t.apply(&self.norm)?,
+                            false => t.clone(),
+                        };
+                        let (b, _, c) = t.dims3()?;
+                        to_map(&t, (b, c, h, w))?.contiguous()?
+                    }
+                };
+                let out = map.apply(conv)?;
+                let (_, _, h, w) = out.dims4()?;
+                (to_tokens(&out)?.contiguous()?, (h, w))
             }
         };
-        let out = map.apply(&self.conv)?;
-        let (_, _, h, w) = out.dims4()?;
-        let tokens = to_tokens(&out)?.contiguous()?;
         let tokens = match self.pre_norm {
             true => tokens,
             false => tokens.apply(&self.norm)?,
         };
-        Ok((tokens, (h, w)))
+        Ok((tokens, size))
     }
 }
 
@@ -182,7 +226,8 @@ impl HalfBlocks {
     }
 
     /// `t` `[b, h·w, c]` (normed) attended within windows; zero padding at the right and bottom
-    /// takes part in the attention, as in transformers.
+    /// takes part in the attention, as in transformers. On the CPU in f32 (activations) through
+    /// [`map_attention`], which reads the projection in place; elsewhere with tensor ops.
     fn window_attention(
         &self,
         t: &Tensor,
@@ -190,6 +235,22 @@ impl HalfBlocks {
         heads: usize,
         window: usize,
     ) -> Result<Tensor> {
+        if crate::kernels::host_f32(t) {
+            // The projection is per token, so it runs in raster order; only the attention
+            // needs windows, and the kernel gathers them.
+            let qkv = self.qkv.forward(t)?;
+            let pad = match h % window != 0 || w % window != 0 {
+                true => Some(
+                    self.qkv
+                        .forward(&t.narrow(1, 0, 1)?.zeros_like()?)?
+                        .flatten_all()?
+                        .to_vec1()?,
+                ),
+                false => None,
+            };
+            let ctx = map_attention::window_attention(&qkv, (h, w), window, heads, pad.as_deref())?;
+            return self.proj.forward(&ctx);
+        }
         let mut x = t.reshape((b, h, w, c))?;
         let (pad_b, pad_r) = (
             (window - h % window) % window,
@@ -233,9 +294,13 @@ impl HalfBlocks {
     /// scores are scaled by `1/sqrt(positions)`.
     fn channel_attention(&self, t: &Tensor, groups: usize) -> Result<Tensor> {
         let (b, n, c) = t.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(t)?
+        let qkv = self.qkv.forward(t)?;
+        if crate::kernels::host_f32(&qkv) {
+            return self
+                .proj
+                .forward(&map_attention::channel_attention(&qkv, groups)?);
+        }
+        let qkv = qkv
             .reshape((b, n, 3, groups, c / groups))?
             .permute((2, 0, 3, 4, 1))?;
         // Each [b, groups, c/groups, n]: `attention` scales by 1/sqrt(last dim) = 1/sqrt(n).
