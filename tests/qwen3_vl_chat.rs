@@ -440,3 +440,51 @@ fn a_bf16_checkpoint_runs_in_f32_with_its_exact_values() {
     let reply = tokenizer.decode(&new[0], true).unwrap();
     assert_eq!(caption, reply.trim());
 }
+
+/// `--dtype bf16` on a CPU with AVX512-BF16: the tiny model's embeddings are tied to its head,
+/// so the prompt's embeddings are read back from the head's bf16-packed weights (no table of
+/// their own). Rounding to bf16 may flip a near-tie token late in a reply, but an embedding
+/// read from the wrong rows changes every reply from its first token.
+#[test]
+fn bf16_replies_with_a_tied_table_start_as_the_f32_ones() {
+    if !glance::kernels::gemm_bf16::available() {
+        eprintln!("no AVX512-BF16 on this CPU: not compared");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    photos(
+        dir.path(),
+        &["chelsea.png", "page.png", "rocket.jpg", "coffee.png"],
+    );
+    let run = |dtype: &str| {
+        let args = [
+            "--quiet",
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+            "--dtype",
+            dtype,
+        ];
+        let mut args = args.to_vec();
+        args.push(dir.path().to_str().unwrap());
+        records_by_file(&chat_caption(&args))
+    };
+    let (f32_recs, bf16_recs) = (run("f32"), run("bf16"));
+    assert_eq!(f32_recs.len(), 4);
+    let first_word = |r: &serde_json::Value| {
+        let caption = r["caption"].as_str().unwrap_or_default().to_string();
+        caption.split_whitespace().next().map(str::to_string)
+    };
+    let same = f32_recs
+        .iter()
+        .zip(&bf16_recs)
+        .filter(|((fa, a), (fb, b))| {
+            fa == fb && first_word(a).is_some() && first_word(a) == first_word(b)
+        })
+        .count();
+    eprintln!("bf16: {same} of 4 replies start as in f32");
+    assert!(
+        same >= 3,
+        "only {same} of 4 bf16 replies start as in f32: {f32_recs:?} {bf16_recs:?}"
+    );
+}

@@ -80,6 +80,28 @@ impl PackedWeights {
 }
 
 impl PackedWeights {
+    /// Rows `ids` of the weight, `k` values each, as the kernel multiplies them (rounded to
+    /// bf16): a table tied to a packed layer (a language model's embeddings and head) reads
+    /// them here instead of keeping a copy of its own. `None` if an id is out of range.
+    pub fn rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.k.max(1))) {
+            let j = id as usize;
+            if j >= self.n {
+                return None;
+            }
+            let panel = &self.data[j / NR * self.pairs * NR..][..self.pairs * NR];
+            for (q, pair) in row.chunks_mut(2).enumerate() {
+                let word = panel[q * NR + j % NR];
+                pair[0] = from_bf16(word as u16);
+                if let Some(high) = pair.get_mut(1) {
+                    *high = from_bf16((word >> 16) as u16);
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Packs the transpose of `w_t` (`k` rows of `n`: the `[in, out]` layout of GPT-2's
     /// `Conv1D`), without transposing it first: each block of output rows is a strip of
     /// consecutive columns, read as `NR`-long runs of every row.
@@ -467,6 +489,25 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rows_read_back_the_rounded_weights() {
+        // Odd k (a zero high half last), rows in the first and a partial last panel.
+        for (n, k) in [(1, 1), (40, 7), (70, 64)] {
+            let w = random(n * k, 11 + n as u64);
+            let packed = PackedWeights::new(&w, n, k);
+            let ids: Vec<u32> = vec![0, (n - 1) as u32, (n / 2) as u32, 0];
+            let got = packed.rows(&ids).expect("ids in range");
+            for (row, &id) in got.chunks_exact(k).zip(&ids) {
+                let want: Vec<f32> = w[id as usize * k..][..k]
+                    .iter()
+                    .map(|&x| from_bf16(to_bf16(x)))
+                    .collect();
+                assert_eq!(row, &want[..], "n{n} k{k} row {id}");
+            }
+            assert!(packed.rows(&[n as u32]).is_none(), "id n is out of range");
         }
     }
 

@@ -94,6 +94,14 @@ impl Linear {
         }
     }
 
+    /// The weight as packed for the bf16 kernel, if it is.
+    pub fn packed(&self) -> Option<&PackedWeights> {
+        match &self.weight {
+            Weight::Bf16(packed) => Some(packed),
+            Weight::Dense(_) => None,
+        }
+    }
+
     fn skinny_applies(&self, weight: &Tensor, rows: usize) -> bool {
         rows <= SKINNY_MAX_ROWS
             && host_f32(weight)

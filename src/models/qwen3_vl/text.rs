@@ -69,8 +69,16 @@ impl TextConfig {
     }
 }
 
+/// Where the token embeddings come from.
+enum Table {
+    Own(Embedding),
+    /// Tied to the head, whose weights are packed for the CPU's bf16 kernel: the head's copy is
+    /// the only one (0.6 GB saved for 2B).
+    Head,
+}
+
 pub struct TextModel {
-    embed: Embedding,
+    embed: Table,
     /// What the layers compute in (the table may be stored narrower).
     dtype: DType,
     layers: Vec<DecoderLayer>,
@@ -119,6 +127,7 @@ impl TextModel {
         };
         let embed_weight = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let dtype = embed_weight.dtype();
+        let head_is_table = head.is_none();
         let head_weight = match head {
             Some(vb) => vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?,
             None => embed_weight.clone(),
@@ -126,15 +135,18 @@ impl TextModel {
         // glance's layer: its few-rows path streams the vocabulary once per decode step.
         let lm_head = Linear::new(head_weight, None);
         // Where the CPU multiplies in bf16, every linear layer is packed to bf16 and the f32
-        // weights are dropped; the table is kept in bf16 too (its rows are exact in f32 only
-        // for bf16 checkpoints, as bf16 matmuls are), not as a 0.6 GB f32 copy for 2B.
-        let table = match crate::kernels::cpu_bf16_matmul() && dtype == DType::F32 {
-            true => {
-                let narrow = embed_weight.to_dtype(DType::BF16)?;
-                drop(embed_weight);
-                narrow
-            }
-            false => embed_weight,
+        // weights are dropped. A tied table reads the packed head; an untied one is kept in
+        // bf16 too (its rows are exact in f32 only for bf16 checkpoints, as bf16 matmuls are),
+        // not as a 0.6 GB f32 copy for 2B.
+        let table = if head_is_table && lm_head.packed().is_some() {
+            drop(embed_weight);
+            Table::Head
+        } else if crate::kernels::cpu_bf16_matmul() && dtype == DType::F32 {
+            let narrow = embed_weight.to_dtype(DType::BF16)?;
+            drop(embed_weight);
+            Table::Own(Embedding::new(narrow, cfg.hidden_size))
+        } else {
+            Table::Own(Embedding::new(embed_weight, cfg.hidden_size))
         };
         // The layers after the table: its f32 copy is gone before they load.
         let layers = (0..cfg.num_hidden_layers)
@@ -150,7 +162,7 @@ impl TextModel {
         Ok(Self {
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
-            embed: Embedding::new(table, cfg.hidden_size),
+            embed: table,
             dtype,
             lm_head,
             rotary: cfg.rotary().map_err(candle_core::Error::msg)?,
@@ -159,7 +171,20 @@ impl TextModel {
     }
 
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed.forward(ids)?.to_dtype(self.dtype)
+        let packed = match &self.embed {
+            Table::Own(table) => return table.forward(ids)?.to_dtype(self.dtype),
+            Table::Head => self
+                .lm_head
+                .packed()
+                .expect("a Head table has a packed head"),
+        };
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let Some(rows) = packed.rows(&flat) else {
+            candle_core::bail!("token id out of the vocabulary of {}", packed.n);
+        };
+        let mut shape = ids.dims().to_vec();
+        shape.push(packed.k);
+        Tensor::from_vec(rows, shape, &self.device)?.to_dtype(self.dtype)
     }
 
     pub fn new_cache(&self) -> TextCache {
