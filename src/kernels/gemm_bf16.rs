@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::par_filled;
+use super::{par_filled, SharedOut};
 
 /// Output columns per panel: two 16-lane registers.
 pub const NR: usize = 32;
@@ -260,17 +260,17 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
     } else {
         panels.div_ceil(rayon::current_num_threads().max(1)).max(1)
     };
-    let out = SendPtr(y.as_mut_ptr());
+    // Tasks own disjoint column panels of the output.
+    let out = SharedOut::new(y.as_mut_ptr());
     (0..panels.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
-            let out = &out;
             let mine = task * per_task..((task + 1) * per_task).min(panels);
             // Groups of panels whose weight sub-panels (8 × 16 KB) and output block
             // (96 rows × 256 columns) stay in L2 together with the row block.
             for g0 in mine.clone().step_by(NC_PANELS) {
                 let group = g0..(g0 + NC_PANELS).min(mine.end);
-                block(&a, w, m, bias, group, out.0);
+                block(&a, w, m, bias, group, out.at(0));
             }
         });
     // SAFETY: the panels cover all n columns and each panel all m rows (see above).
@@ -326,11 +326,6 @@ fn block(
         }
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column panels of the output.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// What a block's sums are added to: the bias (first block of k) or what earlier blocks stored.
 #[derive(Clone, Copy)]

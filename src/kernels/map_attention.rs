@@ -3,8 +3,8 @@
 //! windows of the map, or between the channels of each group over all positions.
 //!
 //! Done with tensor ops, both split q, k and v with permutes, and candle copies each permuted
-//! view element by element; window attention also copies the map into windows and back. On
-//! Florence-2-base those copies were a fifth of the vision tower. Here a window's rows are
+//! view element by element; window attention also copies the map into windows and back. In a
+//! bf16 Florence-2-base run those copies were 7.9 % of the CPU samples (1.4 % after). Here a window's rows are
 //! gathered per head into small buffers and its output rows written in place, and channel
 //! attention multiplies q, k and v where they lie, with strided GEMMs.
 
@@ -13,22 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm_bf16::{self, PackedWeights};
 use super::softmax::softmax_rows;
-use super::with_f32_values;
-
-/// Where the tasks of one call write: each owns disjoint elements of the output.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint elements (see each use).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The address `offset` floats in. A method, so closures capture the whole `Out` (which
-    /// is `Sync`) rather than its raw pointer.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
+use super::{with_f32_values, SharedOut};
 
 /// `out = softmax(q·kᵀ)·v` for one head: `q` `n × d` (already scaled), `k` and `v` `s × d`,
 /// all row-major; on the bf16 kernel when `bf16`, else in f32.
@@ -142,7 +127,7 @@ pub fn window_attention(
     let scale = 1.0 / (d as f32).sqrt();
     let bf16 = super::cpu_bf16_matmul();
     let mut out = vec![0f32; b * hw * c];
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(out.as_mut_ptr());
     with_f32_values(qkv, |src| {
         (0..b * nh * nw * heads).into_par_iter().for_each_init(
             || vec![0f32; 4 * n * d],
@@ -197,7 +182,7 @@ pub fn channel_attention(qkv: &Tensor, groups: usize) -> Result<Tensor> {
     let d = c / groups;
     let scale = 1.0 / (n as f32).sqrt();
     let mut out = vec![0f32; b * n * c];
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(out.as_mut_ptr());
     with_f32_values(qkv, |src| {
         (0..b * groups).into_par_iter().for_each(|task| {
             let (image, g) = (task / groups, task % groups);

@@ -1,6 +1,7 @@
 //! glance's own CPU kernels and the switches that choose them: the AVX512-BF16 GEMM, few-row
-//! products, softmax, GELU, fused attention (also over DaViT's token maps), convolution patches, and the helpers they share to read and fill host
-//! buffers. Kernels work on slices and tensors; they know nothing of layers or models.
+//! products, softmax, GELU, fused attention (also over DaViT's token maps), convolution patches,
+//! and the helpers they share to read and fill host buffers. Kernels work on slices and tensors;
+//! they know nothing of layers or models.
 
 pub mod activation;
 pub mod attention;
@@ -105,6 +106,28 @@ pub(crate) fn par_filled<T: Copy + Send + Sync>(
     // SAFETY: the pieces cover the first `len` elements, all initialized above.
     unsafe { out.set_len(len) };
     out
+}
+
+/// An output buffer that the tasks of one parallel section write at once, each to elements no
+/// other task writes (every use says why its tasks' elements are disjoint).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see each use).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The buffer's start, which may not be initialized yet (`Vec::as_mut_ptr` of a `Vec`
+    /// with capacity): only the writes through [`Self::at`] touch it.
+    pub(crate) fn new(start: *mut f32) -> Self {
+        Self(start)
+    }
+
+    /// The address `offset` floats in. A method, so closures capture the whole `SharedOut`
+    /// (which is `Sync`) rather than its raw pointer.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
 /// Calls `f` with the values of a CPU f32 tensor, in row-major order, without copying them out of
