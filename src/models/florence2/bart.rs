@@ -9,7 +9,7 @@ use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use super::config::BartConfig;
 use crate::layers::activation::HiddenAct;
 use crate::layers::attention::{attention, causal_mask};
-use crate::layers::cross_attention::CrossAttention;
+use crate::layers::cross_attention::ProjectedCrossAttention;
 use crate::layers::kv_cache::{KvCache, LayerCache};
 use crate::layers::linear::{linear, Linear};
 use crate::models::clip::encoder::Mlp;
@@ -181,8 +181,8 @@ struct DecoderLayer {
     attn: SelfAttention,
     attn_norm: LayerNorm,
     cross_q: Linear,
-    /// `encoder_attn`'s key and value projections, folded.
-    cross: CrossAttention,
+    /// `encoder_attn`'s key and value projections (beams share each image's keys and values).
+    cross: ProjectedCrossAttention,
     cross_out: Linear,
     cross_norm: LayerNorm,
     ffn: Mlp,
@@ -195,9 +195,9 @@ impl DecoderLayer {
         let heads = cfg.decoder_attention_heads;
         let x = vb.pp("encoder_attn");
         let scale = 1.0 / ((d / heads) as f64).sqrt();
-        let cross = CrossAttention::new(
-            &x.get((d, d), "k_proj.weight")?,
-            &x.get((d, d), "v_proj.weight")?,
+        let cross = ProjectedCrossAttention::new(
+            x.get((d, d), "k_proj.weight")?,
+            x.get((d, d), "v_proj.weight")?,
             Some(x.get(d, "v_proj.bias")?),
             heads,
             scale,
@@ -226,7 +226,11 @@ impl DecoderLayer {
             .attn_norm
             .forward(&(self.attn.forward(x, Some(cache), mask)? + x)?)?;
         let q = self.cross_q.forward(&x)?;
-        let ctx = self.cross.attend(&q, memory, group)?;
+        if cache.cross_kv.is_none() {
+            cache.cross_kv = Some(self.cross.project(memory)?);
+        }
+        let kv = cache.cross_kv.as_ref().expect("just set");
+        let ctx = self.cross.attend(&q, kv, group)?;
         let x = self
             .cross_norm
             .forward(&(self.cross_out.forward(&ctx)? + x)?)?;
