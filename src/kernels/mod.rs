@@ -9,6 +9,7 @@ pub mod depthwise;
 pub mod few_rows;
 pub mod gemm_bf16;
 pub mod map_attention;
+pub mod norm;
 pub mod patches;
 pub mod softmax;
 

@@ -8,13 +8,14 @@ pub mod cross_attention;
 pub mod decoder;
 pub mod kv_cache;
 pub mod linear;
+pub mod norm;
 pub mod rotary;
 
 use candle_core::{Result, Tensor};
 
 /// LayerNorm over the channels of an NCHW tensor (`data_format="channels_first"`: ConvNeXt's
 /// norms, DaViT's patch embeddings).
-pub fn channels_first_norm(norm: &candle_nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
+pub fn channels_first_norm(norm: &norm::LayerNorm, x: &Tensor) -> Result<Tensor> {
     x.permute((0, 2, 3, 1))?.apply(norm)?.permute((0, 3, 1, 2))
 }
 

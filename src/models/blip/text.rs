@@ -8,13 +8,14 @@
 //! states once instead of keys and values per layer, and any batch size works.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::config::BlipTextConfig;
 use crate::layers::attention::{attention, causal_mask};
 use crate::layers::cross_attention::CrossAttention;
 use crate::layers::kv_cache::{KvCache, LayerCache};
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 use crate::models::TextDecoder;
 
 struct Attention {

@@ -2,12 +2,13 @@
 //! with a fused qkv projection, and a final layer norm; returns the last hidden state.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use super::config::BlipVisionConfig;
 use crate::layers::attention::attention;
 use crate::layers::by_batch_slices;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 
 struct Embeddings {
     class_embedding: Tensor,

@@ -2,12 +2,13 @@
 //! SigLIP, whose `SiglipEncoder` is the same module with other defaults.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
 use crate::layers::by_batch_slices;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 
 /// The sizes one encoder stack needs, taken from a text or vision config.
 #[derive(Debug, Clone, Copy)]

@@ -2,11 +2,12 @@
 //! at the end-of-text token.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::config::ClipTextConfig;
 use super::encoder::Encoder;
 use crate::layers::attention::causal_mask;
+use crate::layers::norm::{layer_norm, LayerNorm};
 
 /// The eos id old openai configs carry; transformers then pools at `argmax(input_ids)`.
 const LEGACY_EOS_TOKEN_ID: u32 = 2;

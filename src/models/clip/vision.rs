@@ -2,7 +2,9 @@
 //! patch embeddings, `pre_layrnorm`, pre-LN encoder, `post_layernorm` on the class token.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::layers::norm::{layer_norm, LayerNorm};
 
 use super::config::ClipVisionConfig;
 use super::encoder::Encoder;

@@ -4,7 +4,9 @@
 //! and a linear classifier.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::layers::norm::{layer_norm, LayerNorm};
 use serde::Deserialize;
 
 use crate::layers::activation::HiddenAct;

@@ -4,7 +4,7 @@
 //! embeddings.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 use super::config::BartConfig;
 use crate::layers::activation::HiddenAct;
@@ -12,6 +12,7 @@ use crate::layers::attention::{attention, causal_mask};
 use crate::layers::cross_attention::ProjectedCrossAttention;
 use crate::layers::kv_cache::{KvCache, LayerCache};
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 use crate::models::clip::encoder::Mlp;
 use crate::models::TextDecoder;
 

@@ -7,7 +7,7 @@
 //! all positions). Every half-block starts with a depthwise 3×3 convolution added to its input.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Embedding, VarBuilder};
 
 use super::config::DavitConfig;
 use crate::kernels::map_attention;
@@ -16,6 +16,7 @@ use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
 use crate::layers::channels_first_norm;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 use crate::models::clip::encoder::Mlp;
 
 /// torch's `nn.LayerNorm` default.

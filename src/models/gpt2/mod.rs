@@ -6,7 +6,9 @@
 //! packs them for bf16 from that layout, or transposes them once for f32.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+
+use crate::layers::norm::{layer_norm, LayerNorm};
 use serde::Deserialize;
 
 use crate::kernels::transposed;

@@ -5,7 +5,9 @@
 //! chosen blocks into the features added to the first language-model layers.
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{layer_norm, LayerNorm, LayerNormConfig, VarBuilder};
+use candle_nn::{LayerNormConfig, VarBuilder};
+
+use crate::layers::norm::{layer_norm, LayerNorm};
 use serde::Deserialize;
 
 use crate::layers::activation::HiddenAct;

@@ -2,10 +2,11 @@
 //! mask, pooled at the last position, then `head`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::SiglipTextConfig;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 use crate::models::clip::encoder::Encoder;
 use crate::models::clip::text::TextEmbeddings;
 

@@ -3,11 +3,12 @@
 //! (`SiglipMultiheadAttentionPoolingHead`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use super::config::SiglipVisionConfig;
 use crate::layers::attention::attention;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 use crate::models::clip::encoder::{Encoder, Mlp};
 
 /// A learned probe query attending over all patches with `torch.nn.MultiheadAttention`

@@ -5,7 +5,9 @@
 //! (`attention.q_proj`, …).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::layers::norm::{layer_norm, LayerNorm};
 use serde::Deserialize;
 
 use crate::layers::activation::HiddenAct;

@@ -5,7 +5,7 @@
 pub mod config;
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 pub use config::VitConfig;
 
@@ -13,6 +13,7 @@ use crate::layers::activation::HiddenAct;
 use crate::layers::attention::attention;
 use crate::layers::by_batch_slices;
 use crate::layers::linear::{linear, Linear};
+use crate::layers::norm::{layer_norm, LayerNorm};
 
 struct Embeddings {
     cls_token: Tensor,
