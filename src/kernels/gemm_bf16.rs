@@ -17,6 +17,9 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::activation::gelu16;
+use super::activation::Gelu;
 use super::{par_filled, SharedOut};
 
 /// Output columns per panel: two 16-lane registers.
@@ -237,15 +240,49 @@ unsafe fn convert_avx512(src: &[f32], dst: &mut [u16]) -> usize {
 
 /// `y[m, n] = x[m, k] · Wᵀ (+ bias)`, row-major.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
+    matmul_with(x, m, w, bias, Epilogue::None)
+}
+
+/// What the kernel does to the sums (bias included) as it stores them, so that the next
+/// elementwise op does not read and write the whole output again.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    None,
+    /// Adds an `[m, n]` residual: `y = x · Wᵀ + b + r`.
+    Residual(&'a [f32]),
+    /// `y = gelu(x · Wᵀ + b)`.
+    Gelu(Gelu),
+}
+
+/// [`matmul`] with an [`Epilogue`].
+pub fn matmul_with(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
     assert!(available(), "AVX512-BF16 kernel called on a CPU without it");
     assert_eq!(x.len(), m * w.k, "x is m × k");
     let n = w.n;
+    if let Epilogue::Residual(r) = epilogue {
+        assert_eq!(r.len(), m * n, "the residual is m × n");
+    }
     if m == 0 || n == 0 || w.pairs == 0 {
-        // Nothing to sum: each row is the bias.
-        return match bias {
+        // Nothing to sum: each row is the bias, then the epilogue.
+        let mut y = match bias {
             Some(b) => b.repeat(m),
             None => vec![0f32; m * n],
         };
+        match epilogue {
+            Epilogue::None => {}
+            Epilogue::Residual(r) => y.iter_mut().zip(r).for_each(|(y, r)| *y += r),
+            Epilogue::Gelu(kind) => {
+                let sums = y.clone();
+                super::activation::gelu_slice(&sums, &mut y, kind);
+            }
+        }
+        return y;
     }
     // Not cleared: the first block of k of every tile stores its sums (plus bias) over the
     // whole output before any later block adds to them.
@@ -270,7 +307,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
             // (96 rows × 256 columns) stay in L2 together with the row block.
             for g0 in mine.clone().step_by(NC_PANELS) {
                 let group = g0..(g0 + NC_PANELS).min(mine.end);
-                block(&a, w, m, bias, group, out.at(0));
+                block(&a, w, m, bias, epilogue, group, out.at(0));
             }
         });
     // SAFETY: the panels cover all n columns and each panel all m rows (see above).
@@ -284,6 +321,7 @@ fn block(
     w: &PackedWeights,
     m: usize,
     bias: Option<&[f32]>,
+    epilogue: Epilogue,
     group: std::ops::Range<usize>,
     out: *mut f32,
 ) {
@@ -296,6 +334,11 @@ fn block(
         for q0 in (0..w.pairs).step_by(kc) {
             let q1 = (q0 + kc).min(w.pairs);
             let start_bias = q0 == 0;
+            // GELU on the finished sums only; the residual with the bias, in the first block.
+            let gelu = match epilogue {
+                Epilogue::Gelu(kind) if q1 == w.pairs => Some(kind),
+                _ => None,
+            };
             for p in group.clone() {
                 let b = &w.data[p * w.pairs * NR..][q0 * NR..q1 * NR];
                 let cols = NR.min(n - p * NR);
@@ -304,21 +347,29 @@ fn block(
                 } else {
                     Start::Add
                 };
+                let residual = match epilogue {
+                    Epilogue::Residual(r) if start_bias => Some(r),
+                    _ => None,
+                };
                 for t in t0..(t0 + MC_TILES).min(tiles) {
                     let rows = MR.min(m - t * MR);
                     let a_tile = &a[t * w.pairs * MR..][q0 * MR..q1 * MR];
+                    let at = t * MR * n + p * NR;
                     // SAFETY: only this call writes columns p*NR.. of the output
-                    // (tasks own disjoint panels); `rows` × `cols` values inside `y`.
+                    // (tasks own disjoint panels); `rows` × `cols` values inside `y`, and
+                    // as many of the residual (also m × n) at the same offset.
                     unsafe {
                         kernel(
                             q1 - q0,
                             a_tile,
                             b,
-                            out.add(t * MR * n + p * NR),
+                            out.add(at),
                             n,
                             rows,
                             cols,
                             start,
+                            residual.map(|r| r[at..].as_ptr()),
+                            gelu,
                         );
                     }
                 }
@@ -334,7 +385,8 @@ enum Start<'a> {
     Add,
 }
 
-/// One 12×32 block of `y` over `pairs` pairs of k.
+/// One 12×32 block of `y` over `pairs` pairs of k; `residual` (rows `ldc` apart, like `c`) is
+/// added with the bias, `gelu` applied to what is stored.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
@@ -347,6 +399,8 @@ unsafe fn kernel(
     rows: usize,
     cols: usize,
     start: Start,
+    residual: Option<*const f32>,
+    gelu: Option<Gelu>,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
@@ -390,13 +444,48 @@ unsafe fn kernel(
         };
         for (i, acc) in acc.iter().enumerate().take(rows) {
             let row = c.add(i * ldc);
-            let base = match start {
-                Start::Add => load2(row),
-                Start::Bias(_) => bias,
+            let base = match (start, residual) {
+                (Start::Add, _) => load2(row),
+                (Start::Bias(_), None) => bias,
+                (Start::Bias(_), Some(r)) => {
+                    let r = load2(r.add(i * ldc));
+                    (_mm512_add_ps(bias.0, r.0), _mm512_add_ps(bias.1, r.1))
+                }
             };
             _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[0], base.0));
             if cols > 16 {
                 _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(acc[1], base.1));
+            }
+        }
+        if let Some(kind) = gelu {
+            // On the block just stored, while it is in L1: a call that would clobber the
+            // registers holding the sums if it were made before their stores.
+            gelu_block(c, ldc, rows, (m0, m1), cols > 16, kind);
+        }
+    }
+}
+
+/// `kind` in place on `rows` rows (`ldc` apart) of a 12×32 block, columns under the masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn gelu_block(
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    (m0, m1): (__mmask16, __mmask16),
+    wide: bool,
+    kind: Gelu,
+) {
+    // SAFETY: the kernel just stored these values (its caller's guarantee covers them).
+    unsafe {
+        for i in 0..rows {
+            let row = c.add(i * ldc);
+            let v = _mm512_maskz_loadu_ps(m0, row);
+            _mm512_mask_storeu_ps(row, m0, gelu16(v, kind));
+            if wide {
+                let v = _mm512_maskz_loadu_ps(m1, row.add(16));
+                _mm512_mask_storeu_ps(row.add(16), m1, gelu16(v, kind));
             }
         }
     }
@@ -413,6 +502,8 @@ unsafe fn kernel(
     _: usize,
     _: usize,
     _: Start,
+    _: Option<*const f32>,
+    _: Option<Gelu>,
 ) {
     unreachable!("available() is false off x86_64")
 }
@@ -483,6 +574,45 @@ mod tests {
                         "m{m} n{n} k{k} [{r},{j}]: {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn epilogues_equal_the_ops_after_the_product() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: kernel not tested");
+            return;
+        }
+        // One k block and several (the GELU only on finished sums), few and many row tiles,
+        // partial panels; and k = 0, where the output is the bias.
+        for (m, n, k) in [
+            (5, 31, 7),
+            (13, 33, 65),
+            (100, 97, 700),
+            (30, 70, 300),
+            (3, 5, 0),
+        ] {
+            let x = random(m * k, 3 + m as u64);
+            let w = random(n * k, 200 + n as u64);
+            let bias = random(n, 9);
+            let residual = random(m * n, 11);
+            let packed = PackedWeights::new(&w, n, k);
+            let plain = matmul(&x, m, &packed, Some(&bias));
+            let added = matmul_with(&x, m, &packed, Some(&bias), Epilogue::Residual(&residual));
+            // The residual joins the sums with the bias, not after them: rounding differs.
+            let tol = 1e-6 * (1.0 + k as f32).sqrt();
+            for ((a, p), r) in added.iter().zip(&plain).zip(&residual) {
+                assert!(
+                    (a - (p + r)).abs() <= tol,
+                    "m{m} n{n} k{k}: {a} vs {p} + {r}"
+                );
+            }
+            for kind in [Gelu::Erf, Gelu::Tanh, Gelu::Quick] {
+                let fused = matmul_with(&x, m, &packed, Some(&bias), Epilogue::Gelu(kind));
+                let mut want = vec![0f32; plain.len()];
+                crate::kernels::activation::gelu_slice(&plain, &mut want, kind);
+                assert_eq!(fused, want, "m{m} n{n} k{k} {kind:?}");
             }
         }
     }

@@ -27,16 +27,22 @@ impl TryFrom<String> for HiddenAct {
     }
 }
 
-impl Module for HiddenAct {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl HiddenAct {
+    /// The GELU of glance's kernels this is, if it is one.
+    pub fn fast_gelu(&self) -> Option<Gelu> {
         use candle_nn::Activation;
-        let fast = match self {
+        match self {
             Self::QuickGelu => Some(Gelu::Quick),
             Self::Other(Activation::Gelu) => Some(Gelu::Erf),
             Self::Other(Activation::NewGelu | Activation::GeluPytorchTanh) => Some(Gelu::Tanh),
             Self::Other(_) => None,
-        };
-        if let Some(kind) = fast {
+        }
+    }
+}
+
+impl Module for HiddenAct {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(kind) = self.fast_gelu() {
             if let Some(y) = gelu(xs, kind)? {
                 return Ok(y);
             }

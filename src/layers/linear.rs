@@ -10,9 +10,11 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::kernels::activation::Gelu;
 use crate::kernels::few_rows::skinny_matmul;
-use crate::kernels::gemm_bf16::{self, PackedWeights};
+use crate::kernels::gemm_bf16::{self, Epilogue, PackedWeights};
 use crate::kernels::{cpu_bf16_matmul, host_f32, transposed, with_f32_values};
+use crate::layers::activation::HiddenAct;
 
 /// Inputs with at most this many rows take the streaming path on the CPU.
 const SKINNY_MAX_ROWS: usize = 32;
@@ -107,6 +109,64 @@ impl Linear {
             && host_f32(weight)
             && weight.is_contiguous()
             && self.bias.is_some() == self.bias_host.is_some()
+    }
+}
+
+impl Linear {
+    /// `x · Wᵀ + b + residual` (`residual` shaped as the output). On the bf16 path the kernel
+    /// adds it as it stores the output, instead of a second pass over both.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, Some(residual), None)? {
+            return Ok(y);
+        }
+        self.forward(x)? + residual
+    }
+
+    /// `act(x · Wᵀ + b)`; on the bf16 path the kernel applies a GELU as it stores the output.
+    pub fn forward_act(&self, x: &Tensor, act: &HiddenAct) -> Result<Tensor> {
+        if let Some(kind) = act.fast_gelu() {
+            if let Some(y) = self.fused(x, None, Some(kind))? {
+                return Ok(y);
+            }
+        }
+        self.forward(x)?.apply(act)
+    }
+
+    /// The bf16 path with a residual or a GELU, `None` where it does not apply.
+    fn fused(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        gelu: Option<Gelu>,
+    ) -> Result<Option<Tensor>> {
+        let Weight::Bf16(packed) = &self.weight else {
+            return Ok(None);
+        };
+        let dims = x.dims().to_vec();
+        let (in_dim, lead) = dims
+            .split_last()
+            .expect("linear input has at least one dimension");
+        let out_dims = [lead, &[packed.n]].concat();
+        if residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !host_f32(r)) {
+            return Ok(None);
+        }
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, *in_dim))?.to_dtype(DType::F32)?;
+        let bias = self.bias_host.as_deref();
+        let y = with_f32_values(&x2, |xs| match (residual, gelu) {
+            (Some(r), _) => with_f32_values(r, |r| {
+                gemm_bf16::matmul_with(xs, rows, packed, bias, Epilogue::Residual(r))
+            }),
+            (None, Some(kind)) => Ok(gemm_bf16::matmul_with(
+                xs,
+                rows,
+                packed,
+                bias,
+                Epilogue::Gelu(kind),
+            )),
+            (None, None) => Ok(gemm_bf16::matmul(xs, rows, packed, bias)),
+        })??;
+        Ok(Some(Tensor::from_vec(y, out_dims, x.device())?))
     }
 }
 

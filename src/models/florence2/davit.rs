@@ -215,23 +215,25 @@ impl HalfBlocks {
     /// Tokens `[b, h·w, c]` of a `(b, c, h, w)` map, through both halves.
     fn forward(&self, t: &Tensor, shape: (usize, usize, usize, usize)) -> Result<Tensor> {
         let t = depthwise_residual(&self.conv1, t, shape)?;
-        let mixed = match self.mixer {
+        let normed = t.apply(&self.norm1)?;
+        let t = match self.mixer {
             Mixer::Window { heads, window } => {
-                self.window_attention(&t.apply(&self.norm1)?, shape, heads, window)?
+                self.window_attention(&normed, &t, shape, heads, window)?
             }
-            Mixer::Channel { groups } => self.channel_attention(&t.apply(&self.norm1)?, groups)?,
+            Mixer::Channel { groups } => self.channel_attention(&normed, &t, groups)?,
         };
-        let t = (t + mixed)?;
         let t = depthwise_residual(&self.conv2, &t, shape)?;
-        self.ffn.forward(&t.apply(&self.norm2)?)? + t
+        self.ffn.forward_add(&t.apply(&self.norm2)?, &t)
     }
 
     /// `t` `[b, h·w, c]` (normed) attended within windows; zero padding at the right and bottom
     /// takes part in the attention, as in transformers. On the CPU in f32 (activations) through
     /// [`map_attention`], which reads the projection in place; elsewhere with tensor ops.
+    /// Returns `residual` plus the attention (added by the output projection).
     fn window_attention(
         &self,
         t: &Tensor,
+        residual: &Tensor,
         (b, c, h, w): (usize, usize, usize, usize),
         heads: usize,
         window: usize,
@@ -250,7 +252,7 @@ impl HalfBlocks {
                 false => None,
             };
             let ctx = map_attention::window_attention(&qkv, (h, w), window, heads, pad.as_deref())?;
-            return self.proj.forward(&ctx);
+            return self.proj.forward_add(&ctx, residual);
         }
         let mut x = t.reshape((b, h, w, c))?;
         let (pad_b, pad_r) = (
@@ -288,18 +290,18 @@ impl HalfBlocks {
             .narrow(1, 0, h)?
             .narrow(2, 0, w)?
             .contiguous()?
-            .reshape((b, h * w, c))
+            .reshape((b, h * w, c))?
+            + residual
     }
 
     /// Channel-group attention: within each group, channels are the queries and keys, and the
-    /// scores are scaled by `1/sqrt(positions)`.
-    fn channel_attention(&self, t: &Tensor, groups: usize) -> Result<Tensor> {
+    /// scores are scaled by `1/sqrt(positions)`. Returns `residual` plus the attention.
+    fn channel_attention(&self, t: &Tensor, residual: &Tensor, groups: usize) -> Result<Tensor> {
         let (b, n, c) = t.dims3()?;
         let qkv = self.qkv.forward(t)?;
         if crate::kernels::host_f32(&qkv) {
-            return self
-                .proj
-                .forward(&map_attention::channel_attention(&qkv, groups)?);
+            let ctx = map_attention::channel_attention(&qkv, groups)?;
+            return self.proj.forward_add(&ctx, residual);
         }
         let qkv = qkv
             .reshape((b, n, 3, groups, c / groups))?
@@ -309,7 +311,7 @@ impl HalfBlocks {
         let ctx = attention(&q, &k, &v, None)?
             .permute((0, 3, 1, 2))?
             .reshape((b, n, c))?;
-        self.proj.forward(&ctx)
+        self.proj.forward_add(&ctx, residual)
     }
 }
 
