@@ -1,7 +1,7 @@
-//! glance's own CPU kernels and the switches that choose them: the AVX512-BF16 GEMM, few-row
-//! products, softmax, GELU, fused attention (also over DaViT's token maps), convolution patches,
-//! and the helpers they share to read and fill host buffers. Kernels work on slices and tensors;
-//! they know nothing of layers or models.
+//! glance's own CPU kernels and the switches that choose them: the AVX512-BF16 GEMM (with its
+//! residual and GELU epilogues), few-row products, softmax, GELU, layer norm, fused attention
+//! (also over DaViT's token maps), convolution patches, and the helpers they share to read and
+//! fill host buffers. Kernels work on slices and tensors; they know nothing of layers or models.
 
 pub mod activation;
 pub mod attention;

@@ -14,6 +14,9 @@
 //! 2 × 8 images × 577 positions × 768), read back on every decoding step and 16 GFLOP per image to
 //! compute; folded, each step does a little more arithmetic on the 14 MB of encoder states, which
 //! stay in cache.
+//!
+//! That arithmetic is `heads` times the usual per row, so where several rows share an image
+//! (beam search) [`ProjectedCrossAttention`] projects each image's keys and values once instead.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -26,6 +29,19 @@ use candle_core::Module;
 
 /// Above this many queries per image (heads × rows × positions) a step takes batched GEMMs.
 const STREAMING_MAX_QUERIES: usize = 64;
+
+/// The `(d, e)` of `[d, e]` key and value weights that split into `heads` heads.
+fn check_weights(key: &Tensor, value: &Tensor, heads: usize) -> Result<(usize, usize)> {
+    let (d, e) = key.dims2()?;
+    if value.dims2()? != (d, e) || d % heads != 0 {
+        candle_core::bail!(
+            "cross-attention: key {:?} and value {:?} weights do not match {heads} heads",
+            key.dims(),
+            value.dims()
+        );
+    }
+    Ok((d, e))
+}
 
 /// One layer's folded key and value projections.
 #[derive(Debug, Clone)]
@@ -52,14 +68,7 @@ impl CrossAttention {
         heads: usize,
         scale: f64,
     ) -> Result<Self> {
-        let (d, e) = key.dims2()?;
-        if value.dims2()? != (d, e) || d % heads != 0 {
-            candle_core::bail!(
-                "cross-attention: key {:?} and value {:?} weights do not match {heads} heads",
-                key.dims(),
-                value.dims()
-            );
-        }
+        let (d, e) = check_weights(key, value, heads)?;
         let hd = d / heads;
         let value_bias_host = match &value_bias {
             Some(b) if host_f32(b) => Some(b.to_vec1::<f32>()?),
@@ -236,14 +245,7 @@ impl ProjectedCrossAttention {
         heads: usize,
         scale: f64,
     ) -> Result<Self> {
-        let (d, e) = key.dims2()?;
-        if value.dims2()? != (d, e) || d % heads != 0 {
-            candle_core::bail!(
-                "cross-attention: key {:?} and value {:?} weights do not match {heads} heads",
-                key.dims(),
-                value.dims()
-            );
-        }
+        check_weights(&key, &value, heads)?;
         Ok(Self {
             key: Linear::new(key, None),
             value: Linear::new(value, value_bias),

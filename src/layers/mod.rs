@@ -1,6 +1,6 @@
-//! Building blocks that model families share: linear layers, attention (self, cross, the folded
-//! cross-attention of decoding), masks, activations and the decoder's KV cache. Layers use
-//! [`crate::kernels`] and candle; they know nothing of any model family.
+//! Building blocks that model families share: linear layers, layer norm, attention (self, cross:
+//! folded or with projected keys and values), masks, activations and the decoder's KV cache.
+//! Layers use [`crate::kernels`] and candle; they know nothing of any model family.
 
 pub mod activation;
 pub mod attention;
