@@ -38,52 +38,11 @@ pub fn gelu(x: &Tensor, kind: Gelu) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(data, x.shape(), x.device())?))
 }
 
-/// `dst[i] = kind(src[i])` with the widest path, or the scalar formulas on a CPU without AVX2.
+/// `dst[i] = kind(src[i])` with the widest path; for callers on CPUs with AVX2 and FMA (the
+/// bf16 kernel's, which have AVX-512).
 pub(crate) fn gelu_slice(src: &[f32], dst: &mut [f32], kind: Gelu) {
-    match widest_gelu() {
-        Some(run) => run(src, dst, kind),
-        None => {
-            for (d, &x) in dst.iter_mut().zip(src) {
-                *d = scalar(x, kind);
-            }
-        }
-    }
-}
-
-/// `kind(x)` with libm.
-fn scalar(x: f32, kind: Gelu) -> f32 {
-    let x = f64::from(x);
-    let y = match kind {
-        Gelu::Quick => x / (1.0 + (-1.702 * x).exp()),
-        Gelu::Tanh => {
-            0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
-        }
-        Gelu::Erf => 0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2)),
-    };
-    y as f32
-}
-
-/// The error function to double precision: its series below 3, the erfc continued fraction
-/// above (the scalar fallback, and the tests' reference).
-fn erf(x: f64) -> f64 {
-    let s = x.signum();
-    let a = x.abs();
-    if a < 3.0 {
-        let (mut term, mut sum, mut n) = (a, a, 0.0);
-        while term.abs() > 1e-17 {
-            n += 1.0;
-            term *= -a * a / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        s * 2.0 / std::f64::consts::PI.sqrt() * sum
-    } else {
-        // erfc continued fraction (Lentz) for large |x|.
-        let mut f = a;
-        for k in (1..60).rev() {
-            f = a + (k as f64 / 2.0) / f;
-        }
-        s * (1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt()))
-    }
+    let run = widest_gelu().expect("gelu_slice called on a CPU without AVX2 and FMA");
+    run(src, dst, kind)
 }
 
 /// `dst[i] = kind(src[i])` over a run of values.
@@ -303,6 +262,28 @@ mod tests {
                 (f64::from(y) - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
                 "{path} {kind:?}({x}) = {y}, exact {exact}"
             );
+        }
+    }
+
+    /// erf to double precision (series / continued fraction), for the test only.
+    fn erf(x: f64) -> f64 {
+        let s = x.signum();
+        let a = x.abs();
+        if a < 3.0 {
+            let (mut term, mut sum, mut n) = (a, a, 0.0);
+            while term.abs() > 1e-17 {
+                n += 1.0;
+                term *= -a * a / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            s * 2.0 / std::f64::consts::PI.sqrt() * sum
+        } else {
+            // erfc continued fraction (Lentz) for large |x|.
+            let mut f = a;
+            for k in (1..60).rev() {
+                f = a + (k as f64 / 2.0) / f;
+            }
+            s * (1.0 - (-a * a).exp() / (f * std::f64::consts::PI.sqrt()))
         }
     }
 }

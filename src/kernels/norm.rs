@@ -26,7 +26,7 @@ pub fn layer_norm(x: &Tensor, weight: &[f32], bias: Option<&[f32]>, eps: f32) ->
         return Ok(x.clone());
     }
     // Whole rows per task, about 64 KB of them.
-    let rows_per_task = (16_384 / d.max(1)).max(1);
+    let rows_per_task = (16_384 / d).max(1);
     let norm_rows = norm_rows_fn();
     let data = with_f32_values(x, |src| {
         par_filled(src.len(), rows_per_task * d, 0f32, |i, out| {

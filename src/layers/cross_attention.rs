@@ -18,14 +18,13 @@
 //! That arithmetic is `heads` times the usual per row, so where several rows share an image
 //! (beam search) [`ProjectedCrossAttention`] projects each image's keys and values once instead.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::few_rows::{axpy_fn, dot_fn};
 use crate::kernels::few_rows::{dot_rows, mix_rows};
 use crate::kernels::{host_f32, with_f32_values};
 use crate::layers::linear::Linear;
-use candle_core::Module;
 
 /// Above this many queries per image (heads × rows × positions) a step takes batched GEMMs.
 const STREAMING_MAX_QUERIES: usize = 64;
@@ -388,9 +387,25 @@ mod tests {
             .reshape((rows, n, d))
     }
 
+    /// Random queries `[images·group, n, d]`, states `[images, s, e]`, key and value weights
+    /// `[d, e]` and their biases `[d]`.
+    fn random_case(
+        (images, group, n): (usize, usize, usize),
+        (d, e, s): (usize, usize, usize),
+    ) -> Result<[Tensor; 6]> {
+        let dev = Device::Cpu;
+        Ok([
+            Tensor::randn(0f32, 1.0, (images * group, n, d), &dev)?,
+            Tensor::randn(0f32, 1.0, (images, s, e), &dev)?,
+            Tensor::randn(0f32, 0.2, (d, e), &dev)?,
+            Tensor::randn(0f32, 0.2, (d, e), &dev)?,
+            Tensor::randn(0f32, 1.0, d, &dev)?,
+            Tensor::randn(0f32, 1.0, d, &dev)?,
+        ])
+    }
+
     #[test]
     fn folded_projections_equal_keys_and_values() -> Result<()> {
-        let dev = Device::Cpu;
         let (heads, d, e, s) = (4, 32, 48, 37);
         // Decoding steps (streaming path) and prompts or many beams (GEMM path, over 64 queries).
         for (images, group, n) in [
@@ -401,12 +416,7 @@ mod tests {
             (2, 1, 20),
             (1, 3, 7),
         ] {
-            let q = Tensor::randn(0f32, 1.0, (images * group, n, d), &dev)?;
-            let memory = Tensor::randn(0f32, 1.0, (images, s, e), &dev)?;
-            let wk = Tensor::randn(0f32, 0.2, (d, e), &dev)?;
-            let wv = Tensor::randn(0f32, 0.2, (d, e), &dev)?;
-            let bk = Tensor::randn(0f32, 1.0, d, &dev)?;
-            let bv = Tensor::randn(0f32, 1.0, d, &dev)?;
+            let [q, memory, wk, wv, bk, bv] = random_case((images, group, n), (d, e, s))?;
             let folded = CrossAttention::new(&wk, &wv, Some(bv.clone()), heads, 1.0 / 8f64.sqrt())?
                 .attend(&q, &memory, group)?;
             let plain = reference(
@@ -428,7 +438,6 @@ mod tests {
 
     #[test]
     fn projected_keys_and_values_equal_the_reference() -> Result<()> {
-        let dev = Device::Cpu;
         let (heads, d, e, s) = (4, 32, 48, 37);
         // One query per row (the grouped kernel) and prompts (attention over expanded rows),
         // with 1/sqrt(hd) and another scale.
@@ -439,12 +448,7 @@ mod tests {
             (1, 2, 3, 1.0 / 8f64.sqrt()),
             (2, 3, 4, 0.2),
         ] {
-            let q = Tensor::randn(0f32, 1.0, (images * group, n, d), &dev)?;
-            let memory = Tensor::randn(0f32, 1.0, (images, s, e), &dev)?;
-            let wk = Tensor::randn(0f32, 0.2, (d, e), &dev)?;
-            let wv = Tensor::randn(0f32, 0.2, (d, e), &dev)?;
-            let bk = Tensor::randn(0f32, 1.0, d, &dev)?;
-            let bv = Tensor::randn(0f32, 1.0, d, &dev)?;
+            let [q, memory, wk, wv, bk, bv] = random_case((images, group, n), (d, e, s))?;
             let attn = ProjectedCrossAttention::new(
                 wk.clone(),
                 wv.clone(),

@@ -112,61 +112,57 @@ impl Linear {
     }
 }
 
+/// What the bf16 kernel does to a layer's output as it stores it ([`Epilogue`]).
+enum Then<'a> {
+    Nothing,
+    Add(&'a Tensor),
+    Gelu(Gelu),
+}
+
 impl Linear {
     /// `x · Wᵀ + b + residual` (`residual` shaped as the output). On the bf16 path the kernel
     /// adds it as it stores the output, instead of a second pass over both.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.fused(x, Some(residual), None)? {
-            return Ok(y);
+        if let Weight::Bf16(packed) = &self.weight {
+            let lead = &x.dims()[..x.rank().saturating_sub(1)];
+            if host_f32(residual) && residual.dims() == [lead, &[packed.n]].concat().as_slice() {
+                return self.bf16_forward(packed, x, Then::Add(residual));
+            }
         }
         self.forward(x)? + residual
     }
 
     /// `act(x · Wᵀ + b)`; on the bf16 path the kernel applies a GELU as it stores the output.
     pub fn forward_act(&self, x: &Tensor, act: &HiddenAct) -> Result<Tensor> {
-        if let Some(kind) = act.fast_gelu() {
-            if let Some(y) = self.fused(x, None, Some(kind))? {
-                return Ok(y);
-            }
+        if let (Weight::Bf16(packed), Some(kind)) = (&self.weight, act.fast_gelu()) {
+            return self.bf16_forward(packed, x, Then::Gelu(kind));
         }
         self.forward(x)?.apply(act)
     }
 
-    /// The bf16 path with a residual or a GELU, `None` where it does not apply.
-    fn fused(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        gelu: Option<Gelu>,
-    ) -> Result<Option<Tensor>> {
-        let Weight::Bf16(packed) = &self.weight else {
-            return Ok(None);
-        };
-        let dims = x.dims().to_vec();
+    /// `x`'s rows through the bf16 kernel, then `then`.
+    fn bf16_forward(&self, packed: &PackedWeights, x: &Tensor, then: Then) -> Result<Tensor> {
+        let dims = x.dims();
         let (in_dim, lead) = dims
             .split_last()
             .expect("linear input has at least one dimension");
-        let out_dims = [lead, &[packed.n]].concat();
-        if residual.is_some_and(|r| r.dims() != out_dims.as_slice() || !host_f32(r)) {
-            return Ok(None);
-        }
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *in_dim))?.to_dtype(DType::F32)?;
         let bias = self.bias_host.as_deref();
-        let y = with_f32_values(&x2, |xs| match (residual, gelu) {
-            (Some(r), _) => with_f32_values(r, |r| {
+        let y = with_f32_values(&x2, |xs| match then {
+            Then::Nothing => Ok(gemm_bf16::matmul(xs, rows, packed, bias)),
+            Then::Add(r) => with_f32_values(r, |r| {
                 gemm_bf16::matmul_with(xs, rows, packed, bias, Epilogue::Residual(r))
             }),
-            (None, Some(kind)) => Ok(gemm_bf16::matmul_with(
+            Then::Gelu(kind) => Ok(gemm_bf16::matmul_with(
                 xs,
                 rows,
                 packed,
                 bias,
                 Epilogue::Gelu(kind),
             )),
-            (None, None) => Ok(gemm_bf16::matmul(xs, rows, packed, bias)),
         })??;
-        Ok(Some(Tensor::from_vec(y, out_dims, x.device())?))
+        Tensor::from_vec(y, [lead, &[packed.n]].concat(), x.device())
     }
 }
 
@@ -178,14 +174,7 @@ impl Module for Linear {
             .expect("linear input has at least one dimension");
         let rows: usize = lead.iter().product();
         let weight = match &self.weight {
-            Weight::Bf16(packed) => {
-                let x2 = x.reshape((rows, *in_dim))?.to_dtype(DType::F32)?;
-                let y = with_f32_values(&x2, |xs| {
-                    gemm_bf16::matmul(xs, rows, packed, self.bias_host.as_deref())
-                })?;
-                return Tensor::from_vec(y, (rows, packed.n), x.device())?
-                    .reshape([lead, &[packed.n]].concat());
-            }
+            Weight::Bf16(packed) => return self.bf16_forward(packed, x, Then::Nothing),
             Weight::Dense(w) => w,
         };
         let out_dim = weight.dim(0)?;

@@ -38,13 +38,6 @@ impl From<candle_nn::LayerNorm> for LayerNorm {
     }
 }
 
-impl LayerNorm {
-    /// candle's module underneath (for layouts it handles itself).
-    pub fn inner(&self) -> &candle_nn::LayerNorm {
-        &self.inner
-    }
-}
-
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.host {

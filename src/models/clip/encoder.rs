@@ -67,19 +67,17 @@ impl Mlp {
             act,
         })
     }
+
+    /// `x + mlp(norm(x))` style blocks: `residual + mlp(x)`, the add done by `fc2`'s kernel.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward_add(&self.fc1.forward_act(x, &self.act)?, residual)
+    }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_act(x, &self.act)?)
-    }
-}
-
-impl Mlp {
-    /// `x + mlp(norm(x))` style blocks: `residual + mlp(x)`, the add done by `fc2`'s kernel.
-    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward_add(&self.fc1.forward_act(x, &self.act)?, residual)
     }
 }
 
