@@ -83,6 +83,23 @@ impl PackedWeights {
 }
 
 impl PackedWeights {
+    /// Packs `w` (`n` rows of `k`), already bf16 as a checkpoint stores it: no rounding, and
+    /// no f32 copy of the weights on the way.
+    pub fn from_bf16(w: &[half::bf16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is n × k");
+        let pairs = k.div_ceil(2);
+        let data = par_filled(n.div_ceil(NR) * pairs * NR, pairs * NR, 0u32, |t, block| {
+            for i in 0..NR.min(n - t * NR) {
+                let row = &w[(t * NR + i) * k..][..k];
+                for (q, pair) in row.chunks(2).enumerate() {
+                    let high = pair.get(1).map_or(0, |h| h.to_bits());
+                    block[q * NR + i] = u32::from(pair[0].to_bits()) | u32::from(high) << 16;
+                }
+            }
+        });
+        Self { n, k, pairs, data }
+    }
+
     /// Rows `ids` of the weight, `k` values each, as the kernel multiplies them (rounded to
     /// bf16): a table tied to a packed layer (a language model's embeddings and head) reads
     /// them here instead of keeping a copy of its own. `None` if an id is out of range.
@@ -359,13 +376,13 @@ fn block(
                     // (tasks own disjoint panels); `rows` × `cols` values inside `y`, and
                     // as many of the residual (also m × n) at the same offset.
                     unsafe {
-                        kernel(
+                        tile(
+                            rows,
                             q1 - q0,
                             a_tile,
                             b,
                             out.add(at),
                             n,
-                            rows,
                             cols,
                             start,
                             residual.map(|r| r[at..].as_ptr()),
@@ -385,24 +402,53 @@ enum Start<'a> {
     Add,
 }
 
-/// One 12×32 block of `y` over `pairs` pairs of k; `residual` (rows `ldc` apart, like `c`) is
-/// added with the bias, `gelu` applied to what is stored.
+/// [`kernel`] for a tile of `rows` (1 to [`MR`]) real rows: a decoding step's 1 to 4 rows do
+/// not pay for the multiply-adds of 12, which would make a memory-bound product compute-bound.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn tile(
+    rows: usize,
     pairs: usize,
     a: &[u32],
     b: &[u32],
     c: *mut f32,
     ldc: usize,
-    rows: usize,
     cols: usize,
     start: Start,
     residual: Option<*const f32>,
     gelu: Option<Gelu>,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    macro_rules! rows {
+        ($($r:literal)*) => {
+            match rows {
+                // SAFETY: the caller's guarantees, for exactly `rows` rows.
+                $($r => unsafe { kernel::<$r>(pairs, a, b, c, ldc, cols, start, residual, gelu) },)*
+                _ => unreachable!("a tile has 1 to {MR} rows, not {rows}"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// One `R`×32 block of `y` over `pairs` pairs of k (`a` laid out in tiles of [`MR`] rows, the
+/// first `R` used); `residual` (rows `ldc` apart, like `c`) is added with the bias, `gelu`
+/// applied to what is stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize>(
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    start: Start,
+    residual: Option<*const f32>,
+    gelu: Option<Gelu>,
+) {
+    let rows = R;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     // SAFETY: `a` holds pairs × MR and `b` pairs × NR values; the loop stays below both. The
     // stores write `rows` rows of `cols` floats at `c`, which the caller guarantees are in `y`.
@@ -442,7 +488,7 @@ unsafe fn kernel(
             Start::Bias(Some(b)) => load2(b.as_ptr()),
             _ => (zero, zero),
         };
-        for (i, acc) in acc.iter().enumerate().take(rows) {
+        for (i, acc) in acc.iter().enumerate() {
             let row = c.add(i * ldc);
             let base = match (start, residual) {
                 (Start::Add, _) => load2(row),
@@ -493,12 +539,12 @@ unsafe fn gelu_block(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn tile(
+    _: usize,
     _: usize,
     _: &[u32],
     _: &[u32],
     _: *mut f32,
-    _: usize,
     _: usize,
     _: usize,
     _: Start,
@@ -542,8 +588,10 @@ mod tests {
             eprintln!("no AVX512-BF16 on this CPU: kernel not tested");
             return;
         }
-        // Odd k, partial tiles and panels, several k blocks (k > 256) and row blocks (m > 96).
-        for (m, n, k) in [
+        // Odd k, partial tiles and panels, several k blocks (k > 256) and row blocks (m > 96);
+        // every tile height from 1 to MR.
+        let heights = (1..=MR).map(|m| (m, 40, 33));
+        for (m, n, k) in heights.chain([
             (1, 1, 1),
             (5, 31, 7),
             (12, 32, 64),
@@ -553,7 +601,7 @@ mod tests {
             (25, 64, 3),
             (100, 97, 700),
             (40, 33, 1001),
-        ] {
+        ]) {
             let x = random(m * k, 1 + m as u64);
             let w = random(n * k, 100 + n as u64);
             let bias = random(n, 7);
@@ -633,6 +681,21 @@ mod tests {
                 assert_eq!(row, &want[..], "n{n} k{k} row {id}");
             }
             assert!(packed.rows(&[n as u32]).is_none(), "id n is out of range");
+        }
+    }
+
+    #[test]
+    fn packing_bf16_values_equals_packing_them_as_f32() {
+        // Odd k (a zero high half last), a partial last panel, several panels.
+        for (n, k) in [(1, 1), (33, 7), (70, 64), (40, 129)] {
+            let w: Vec<half::bf16> = random(n * k, 5 + n as u64)
+                .into_iter()
+                .map(|x| half::bf16::from_bits(to_bf16(x * 3.0)))
+                .collect();
+            let wide: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+            let a = PackedWeights::new(&wide, n, k);
+            let b = PackedWeights::from_bf16(&w, n, k);
+            assert_eq!((a.n, a.k, &a.data), (b.n, b.k, &b.data), "n{n} k{k}");
         }
     }
 
