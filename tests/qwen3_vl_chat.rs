@@ -488,3 +488,65 @@ fn bf16_replies_with_a_tied_table_start_as_the_f32_ones() {
         "only {same} of 4 bf16 replies start as in f32: {f32_recs:?} {bf16_recs:?}"
     );
 }
+
+/// `--dtype bf16` with a bf16 checkpoint packs its layers from the bf16 values as stored (no f32
+/// copy on the way): the replies equal, byte for byte, those of the same numbers stored as f32,
+/// which are rounded as they are packed. A pair or half put in the wrong place by the bf16
+/// packing would change them.
+#[test]
+fn a_bf16_checkpoint_packs_as_stored_to_the_replies_of_its_f32_values() {
+    use candle_core::{DType, Device};
+    if !glance::kernels::gemm_bf16::available() {
+        eprintln!("no AVX512-BF16 on this CPU: not compared");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    photos(&images, &["chelsea.png", "page.png", "rocket.jpg"]);
+    let fixture = common::repo().join("tests/fixtures/qwen3-vl-tiny");
+    let tensors =
+        candle_core::safetensors::load(fixture.join("model.safetensors"), &Device::Cpu).unwrap();
+    let run = |name: &str, dtype: DType| {
+        let model = dir.path().join(name);
+        std::fs::create_dir(&model).unwrap();
+        for entry in std::fs::read_dir(&fixture).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap() != "model.safetensors" {
+                std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let stored: std::collections::HashMap<String, candle_core::Tensor> = tensors
+            .iter()
+            .map(|(k, t)| {
+                let t = t.to_dtype(DType::BF16).unwrap().to_dtype(dtype).unwrap();
+                (k.clone(), t)
+            })
+            .collect();
+        candle_core::safetensors::save(&stored, model.join("model.safetensors")).unwrap();
+        let out = common::glance()
+            .args(["caption", "-m"])
+            .arg(&model)
+            .args([
+                "--quiet",
+                "--greedy",
+                "--max-new-tokens",
+                "8",
+                "--dtype",
+                "bf16",
+            ])
+            .arg(&images)
+            .output()
+            .unwrap();
+        records_by_file(&out)
+            .into_iter()
+            .map(|(file, r)| (file, r["caption"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let (wide, narrow) = (run("f32-file", DType::F32), run("bf16-file", DType::BF16));
+    assert_eq!(wide.len(), 3);
+    assert!(wide
+        .iter()
+        .all(|(_, c)| c.as_str().is_some_and(|c| !c.is_empty())));
+    assert_eq!(wide, narrow);
+}

@@ -15,17 +15,48 @@ use crate::kernels::few_rows::skinny_matmul;
 use crate::kernels::gemm_bf16::{self, Epilogue, PackedWeights};
 use crate::kernels::{cpu_bf16_matmul, host_f32, transposed, with_f32_values};
 use crate::layers::activation::HiddenAct;
+use crate::load::weights::PACK_AS_STORED;
 
 /// Inputs with at most this many rows take the streaming path on the CPU.
 const SKINNY_MAX_ROWS: usize = 32;
 
-/// Packs a CPU f32 `[n, k]` weight (or `[k, n]` when `in_out`) straight from its storage.
+/// Packs a CPU f32 `[n, k]` weight (or `[k, n]` when `in_out`), or a bf16 `[n, k]` one, straight
+/// from its storage.
 fn pack_bf16(weight: &Tensor, in_out: bool) -> Result<PackedWeights> {
     let (rows, cols) = weight.dims2()?;
-    with_f32_values(weight, |w| match in_out {
+    if weight.dtype() == DType::BF16 && !in_out {
+        return with_bf16_values(weight, |w| PackedWeights::from_bf16(w, rows, cols));
+    }
+    with_f32_values(&weight.to_dtype(DType::F32)?, |w| match in_out {
         false => PackedWeights::new(w, rows, cols),
         true => PackedWeights::from_transposed(w, rows, cols),
     })
+}
+
+/// [`with_f32_values`] for a CPU bf16 tensor.
+fn with_bf16_values<R>(t: &Tensor, f: impl FnOnce(&[half::bf16]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor, found one on {:?}", t.device())
+    };
+    Ok(f(
+        &cpu.as_slice::<half::bf16>()?[layout.start_offset()..][..t.elem_count()]
+    ))
+}
+
+/// `vb.get(shape, name)` for a weight that a [`Linear`] may pack for the bf16 kernel: where it
+/// will (CPU, bf16 matmuls, f32 layers), a bf16 checkpoint's tensor comes as stored instead of
+/// through an f32 copy (see [`crate::load::weights::PACK_AS_STORED`]).
+pub fn packable_weight<S: Into<candle_core::Shape>>(
+    vb: &VarBuilder,
+    shape: S,
+    name: &str,
+) -> Result<Tensor> {
+    match cpu_bf16_matmul() && vb.device().is_cpu() && vb.dtype() == DType::F32 {
+        true => vb.get_with_hints_dtype(shape, name, PACK_AS_STORED, DType::F32),
+        false => vb.get(shape, name),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,14 +77,17 @@ pub struct Linear {
 
 /// `vb.get((out, in), "weight")` and `vb.get(out, "bias")`, as `candle_nn::linear`.
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let weight = packable_weight(&vb, (out_dim, in_dim), "weight")?;
     let bias = vb.get(out_dim, "bias")?;
     Ok(Linear::new(weight, Some(bias)))
 }
 
 /// `vb.get((out, in), "weight")` only, as `candle_nn::linear_no_bias`.
 pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+    Ok(Linear::new(
+        packable_weight(&vb, (out_dim, in_dim), "weight")?,
+        None,
+    ))
 }
 
 impl Linear {
@@ -76,17 +110,26 @@ impl Linear {
         Self::new_with(weight, bias, false)
     }
 
+    /// `weight` is f32, or bf16 on the CPU as [`packable_weight`] reads it (packed, or else
+    /// widened to f32).
     fn new_with(weight: Tensor, bias: Option<Tensor>, in_out: bool) -> Self {
         let bias_host = bias
             .as_ref()
             .filter(|b| host_f32(b))
             .and_then(|b| b.to_vec1::<f32>().ok());
+        let on_host =
+            host_f32(&weight) || (weight.device().is_cpu() && weight.dtype() == DType::BF16);
         let packable = cpu_bf16_matmul()
-            && host_f32(&weight)
+            && on_host
             && weight.rank() == 2
             && bias.is_some() == bias_host.is_some();
         let weight = match packable.then(|| pack_bf16(&weight, in_out)) {
             Some(Ok(packed)) => Weight::Bf16(Arc::new(packed)),
+            _ if weight.device().is_cpu() && weight.dtype() == DType::BF16 => Weight::Dense(
+                weight
+                    .to_dtype(DType::F32)
+                    .expect("candle widens CPU bf16 to f32"),
+            ),
             _ => Weight::Dense(weight),
         };
         Self {

@@ -297,35 +297,63 @@ impl WeightFiles {
         // little-endian host are the in-memory layout, so the tensor can be the file's pages.
         #[cfg(target_endian = "little")]
         if dtype == DType::F32 {
-            let n = entry.len / 4;
-            if let Some(Mapping(base)) = &self.mappings[entry.file] {
-                let first_time = || {
-                    let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
-                    mapped.insert(name.to_string())
-                };
-                if n > 0 && entry.exclusive && entry.start.is_multiple_of(4) && first_time() {
-                    // SAFETY: the range lies in the file (checked at open), is aligned for f32,
-                    // overlaps no other tensor and is handed out once (`exclusive`, `mapped`),
-                    // and any bit pattern is a valid f32; the mapping is private (writes stay in
-                    // this process) and registered, so the allocator frees the buffer by
-                    // releasing its pages.
-                    let values = unsafe {
-                        Vec::from_raw_parts(base.add(entry.start as usize).cast::<f32>(), n, n)
-                    };
-                    return Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu);
-                }
-            }
-            let mut values = vec![0f32; n];
-            // SAFETY: any bit pattern is a valid f32, and the byte view covers exactly `values`.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), entry.len)
-            };
-            self.read_into(entry, name, bytes)?;
+            let values: Vec<f32> = self.values(entry, name)?;
             return Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu);
         }
         let mut bytes = vec![0u8; entry.len];
         self.read_into(entry, name, &mut bytes)?;
         Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)
+    }
+
+    /// The values of `entry`, stored as little-endian `T` (on a little-endian host): a buffer
+    /// in the file's mapping where one can own them, else read into a buffer of their own.
+    #[cfg(target_endian = "little")]
+    fn values<T: Copy + Default>(&self, entry: &Entry, name: &str) -> candle_core::Result<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        let n = entry.len / size;
+        if let Some(Mapping(base)) = &self.mappings[entry.file] {
+            let first_time = || {
+                let mut mapped = self.mapped.lock().unwrap_or_else(|p| p.into_inner());
+                mapped.insert(name.to_string())
+            };
+            let aligned = entry.start.is_multiple_of(std::mem::align_of::<T>() as u64);
+            if n > 0 && entry.exclusive && aligned && first_time() {
+                // SAFETY: the range lies in the file (checked at open), is aligned for `T`,
+                // overlaps no other tensor and is handed out once (`exclusive`, `mapped`), and
+                // the callers' `T` (f32, bf16) take any bit pattern; the mapping is private
+                // (writes stay in this process) and registered, so the allocator frees the
+                // buffer by releasing its pages.
+                return Ok(unsafe {
+                    Vec::from_raw_parts(base.add(entry.start as usize).cast::<T>(), n, n)
+                });
+            }
+        }
+        let mut values = vec![T::default(); n];
+        // SAFETY: the callers' `T` take any bit pattern, and the byte view covers exactly
+        // `values`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), n * size) };
+        self.read_into(entry, name, bytes)?;
+        Ok(values)
+    }
+
+    /// A bf16 tensor as it is stored, for a layer that packs it for the bf16 kernel
+    /// ([`PACK_AS_STORED`]): no f32 copy (twice its size in fresh pages, which the kernel must
+    /// clear: half of Qwen3-VL-2B's start-up). `None` when it is stored in another dtype.
+    #[cfg(target_endian = "little")]
+    fn load_bf16_as_stored(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
+        match self.entries.get(name) {
+            Some(entry) if entry.dtype == Ok(DType::BF16) => {
+                let values: Vec<half::bf16> = self.values(entry, name)?;
+                Tensor::from_vec(values, entry.shape.as_slice(), &Device::Cpu).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    #[cfg(not(target_endian = "little"))]
+    fn load_bf16_as_stored(&self, _: &str) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// A bf16 tensor read straight into f32 (a bf16 is the top half of an f32: exact), in one
@@ -400,18 +428,36 @@ fn place(t: Tensor, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     }
 }
 
+/// The initialisation hint with which a layer asks for a weight it will pack for the CPU's bf16
+/// kernel: candle's `VarBuilder` can only ask for a tensor in one dtype, so glance's backend
+/// reads this hint (a NaN with a payload of its own, which no initialiser uses) as "in bf16 if
+/// the file stores bf16, else in the dtype asked for". Other backends ignore hints for tensors
+/// they hold, so they answer in the dtype asked for, which packs to the same bits.
+pub const PACK_AS_STORED: candle_nn::Init = candle_nn::Init::Const(f64::from_bits(PACK_BITS));
+const PACK_BITS: u64 = 0x7ff8_0000_6c61_6e63;
+
+fn is_pack_hint(init: &candle_nn::Init) -> bool {
+    matches!(init, candle_nn::Init::Const(x) if x.to_bits() == PACK_BITS)
+}
+
 impl SimpleBackend for WeightFiles {
     fn get(
         &self,
         s: Shape,
         name: &str,
-        _: candle_nn::Init,
+        init: candle_nn::Init,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = match dev.is_cpu() {
-            true => self.load_as(name, dtype)?,
-            false => self.load(name)?,
+        let stored = match dev.is_cpu() && is_pack_hint(&init) {
+            true => self.load_bf16_as_stored(name)?,
+            false => None,
+        };
+        let as_stored = stored.is_some();
+        let t = match (stored, dev.is_cpu()) {
+            (Some(t), _) => t,
+            (None, true) => self.load_as(name, dtype)?,
+            (None, false) => self.load(name)?,
         };
         if t.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
@@ -421,7 +467,10 @@ impl SimpleBackend for WeightFiles {
             }
             .bt());
         }
-        place(t, dtype, dev)
+        match as_stored {
+            true => Ok(t),
+            false => place(t, dtype, dev),
+        }
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -466,6 +515,32 @@ mod tests {
             got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn the_packing_hint_reads_bf16_as_stored_and_other_dtypes_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let w = Tensor::randn(0f32, 3.0, (5, 3), &Device::Cpu).unwrap();
+        let narrow = w.to_dtype(DType::BF16).unwrap();
+        let tensors = HashMap::from([("wide", w.clone()), ("narrow", narrow.clone())]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let files = WeightFiles::open(&[path]).unwrap();
+        let get = |name, init| {
+            files
+                .get((5, 3).into(), name, init, DType::F32, &Device::Cpu)
+                .unwrap()
+        };
+        let as_stored = get("narrow", PACK_AS_STORED);
+        assert_eq!(as_stored.dtype(), DType::BF16);
+        let bits = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(bits(&as_stored), bits(&narrow));
+        assert_eq!(get("wide", PACK_AS_STORED).dtype(), DType::F32);
+        assert_eq!(get("wide", PACK_AS_STORED).to_vec2::<f32>().unwrap(), bits(&w));
+        assert_eq!(get("narrow", candle_nn::Init::Const(0.)).dtype(), DType::F32);
+        assert!(files
+            .get((3, 5).into(), "narrow", PACK_AS_STORED, DType::F32, &Device::Cpu)
+            .is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::layers::decoder::{padded_causal_mask, AttentionShape, DecoderLayer, RmsNorm};
-use crate::layers::linear::Linear;
+use crate::layers::linear::{packable_weight, Linear};
 use crate::layers::rotary::{MRope, Rotary};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,11 +125,13 @@ impl TextModel {
             qkv_bias: cfg.attention_bias,
             qk_norm: Some(cfg.rms_norm_eps),
         };
-        let embed_weight = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let dtype = embed_weight.dtype();
+        let table_shape = (cfg.vocab_size, cfg.hidden_size);
+        // As stored (bf16) where the CPU packs the layers for its bf16 kernel.
+        let embed_weight = packable_weight(&vb, table_shape, "embed_tokens.weight")?;
+        let dtype = vb.dtype();
         let head_is_table = head.is_none();
         let head_weight = match head {
-            Some(vb) => vb.get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            Some(vb) => packable_weight(&vb, table_shape, "weight")?,
             None => embed_weight.clone(),
         };
         // glance's layer: its few-rows path streams the vocabulary once per decode step.
@@ -142,6 +144,7 @@ impl TextModel {
             drop(embed_weight);
             Table::Head
         } else if crate::kernels::cpu_bf16_matmul() && dtype == DType::F32 {
+            // (A no-op for a table read as stored from a bf16 checkpoint.)
             let narrow = embed_weight.to_dtype(DType::BF16)?;
             drop(embed_weight);
             Table::Own(Embedding::new(narrow, cfg.hidden_size))
