@@ -8,8 +8,17 @@ use crate::kernels::{self, attention as fused, host_f32};
 /// Scaled dot-product attention over `[batch, heads, len, head_dim]` tensors; `mask` is added to
 /// the scores (0 keeps, -inf drops) and broadcast over batch and heads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    if mask.is_none() && q.dim(2)? == 1 && all_cpu_f32(q, k, v) {
-        return fused::single_query(q, k, v);
+    // A decoding step: a few query rows per head (one position, or a grouped-query head's
+    // query heads) and a mask, if any, that is one row per batch item (padding).
+    const DECODE_ROWS: usize = 8;
+    let b = q.dim(0)?;
+    let per_item = |m: &Tensor| m.dims().len() == 4 && m.dims()[..3] == [b, 1, 1];
+    if q.dim(2)? <= DECODE_ROWS && mask.is_none_or(per_item) && all_cpu_f32(q, k, v) {
+        let hidden = match mask {
+            Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        return fused::decode(q, k, v, hidden.as_deref());
     }
     if mask.is_none() && q.dim(2)? > 32 && kernels::cpu_bf16_matmul() && all_cpu_f32(q, k, v) {
         return fused::bf16(q, k, v);
@@ -110,9 +119,37 @@ mod tests {
     }
 
     #[test]
+    fn decoding_rows_read_a_growing_cache_in_place_with_a_padding_mask() {
+        // 2 items × 3 heads, 2 query rows per head, 9 of 16 cached positions in use; item 0
+        // hides its first 2 positions (left padding).
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 2, 16), &dev).unwrap();
+        let buffer = |_| Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &dev).unwrap();
+        let [k, v] = [0, 1].map(buffer);
+        let (k, v) = (k.narrow(2, 0, 9).unwrap(), v.narrow(2, 0, 9).unwrap());
+        assert!(!k.is_contiguous());
+        let mut hidden = vec![0f32; 2 * 9];
+        hidden[..2].fill(f32::MIN);
+        let mask = Tensor::from_vec(hidden, (2, 1, 1, 9), &dev).unwrap();
+        let fast = attention(&q, &k, &v, Some(&mask)).unwrap();
+        let scores = (q.clone() * 0.25)
+            .unwrap()
+            .matmul(&k.contiguous().unwrap().t().unwrap())
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&v.contiguous().unwrap())
+            .unwrap();
+        let diff = crate::kernels::max_abs_diff(&fast, &want);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
     fn single_query_path_equals_batched_matmul() {
         let t = qkv(2, 3, 1, 9, 16);
-        let fast = fused::single_query(&t[0], &t[1], &t[2]).unwrap();
+        let fast = fused::decode(&t[0], &t[1], &t[2], None).unwrap();
         let diff = max_diff_from_reference(fast, &t);
         assert!(diff < 1e-5, "{diff}");
     }

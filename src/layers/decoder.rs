@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::kv_cache::GrowingKv;
 use super::linear::{linear, linear_no_bias, Linear};
 use super::{attention, rotary};
 
@@ -121,7 +122,7 @@ impl SelfAttention {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<GrowingKv>,
     ) -> Result<Tensor> {
         let s = self.shape;
         let (b, n, _) = x.dims3()?;
@@ -138,11 +139,8 @@ impl SelfAttention {
         let v = heads(self.v.forward(x)?, s.kv_heads, &None)?;
         let q = rotary::apply(&q, cos, sin)?;
         let k = rotary::apply(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        // Views into the cache's buffers: the attention reads them in place.
+        let (k, v) = GrowingKv::append(cache, &k, &v)?;
         let groups = s.heads / s.kv_heads;
         let out = match n {
             // One new position: a group's query heads become rows of one query block against
@@ -227,7 +225,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Option<GrowingKv>,
     ) -> Result<Tensor> {
         let h =
             (x + self

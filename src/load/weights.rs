@@ -536,10 +536,22 @@ mod tests {
         let bits = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(bits(&as_stored), bits(&narrow));
         assert_eq!(get("wide", PACK_AS_STORED).dtype(), DType::F32);
-        assert_eq!(get("wide", PACK_AS_STORED).to_vec2::<f32>().unwrap(), bits(&w));
-        assert_eq!(get("narrow", candle_nn::Init::Const(0.)).dtype(), DType::F32);
+        assert_eq!(
+            get("wide", PACK_AS_STORED).to_vec2::<f32>().unwrap(),
+            bits(&w)
+        );
+        assert_eq!(
+            get("narrow", candle_nn::Init::Const(0.)).dtype(),
+            DType::F32
+        );
         assert!(files
-            .get((3, 5).into(), "narrow", PACK_AS_STORED, DType::F32, &Device::Cpu)
+            .get(
+                (3, 5).into(),
+                "narrow",
+                PACK_AS_STORED,
+                DType::F32,
+                &Device::Cpu
+            )
             .is_err());
     }
 

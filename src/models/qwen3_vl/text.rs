@@ -7,6 +7,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::layers::decoder::{padded_causal_mask, AttentionShape, DecoderLayer, RmsNorm};
+use crate::layers::kv_cache::GrowingKv;
 use crate::layers::linear::{packable_weight, Linear};
 use crate::layers::rotary::{MRope, Rotary};
 
@@ -90,7 +91,7 @@ pub struct TextModel {
 
 /// One prompt row's state across steps: its cache per layer and which positions are real.
 pub struct TextCache {
-    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    pub layers: Vec<Option<GrowingKv>>,
     /// Per row, per position so far: not padding.
     pub valid: Vec<Vec<bool>>,
 }
@@ -98,12 +99,11 @@ pub struct TextCache {
 impl TextCache {
     /// Keeps only these rows, in this order.
     pub fn select(&mut self, rows: &[u32]) -> Result<()> {
-        for layer in self.layers.iter_mut().flatten() {
-            let index = Tensor::new(rows, layer.0.device())?;
-            *layer = (
-                layer.0.index_select(&index, 0)?,
-                layer.1.index_select(&index, 0)?,
-            );
+        if let Some(first) = self.layers.iter().flatten().next() {
+            let index = Tensor::new(rows, first.device())?;
+            for layer in self.layers.iter_mut().flatten() {
+                layer.select(&index)?;
+            }
         }
         self.valid = rows
             .iter()
@@ -192,7 +192,7 @@ impl TextModel {
 
     pub fn new_cache(&self) -> TextCache {
         TextCache {
-            layers: vec![None; self.layers.len()],
+            layers: (0..self.layers.len()).map(|_| None).collect(),
             valid: Vec::new(),
         }
     }
