@@ -1,13 +1,14 @@
 //! Fused CPU attention for the two shapes where a general batched GEMM wastes its work: a
-//! decoding step's one position (or grouped-query rows) per head, and bf16 vision towers. Callers check that the tensors
-//! are CPU f32 ([`super::host_f32`]); the attention layer picks the path.
+//! decoding step's one position (or grouped-query rows) per head, and bf16 vision towers.
+//! Callers check that the tensors are CPU f32 ([`super::host_f32`]); the attention layer picks
+//! the path.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::few_rows::{axpy_fn, dot_fn};
 use super::map_attention::attend_one;
-use super::with_f32_values;
+use super::{with_f32_values, with_storage};
 
 /// Unmasked attention with many queries (vision towers) in `--dtype bf16` on the CPU: per
 /// (batch, head), `softmax(Q·Kᵀ/√d)·V` with both products on the bf16 kernel and the scores
@@ -97,20 +98,13 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&[f32]>) -> Resul
 /// offset, strides), without copying a strided view; one whose last dimension is strided is
 /// made contiguous first.
 fn in_place<R>(t: &Tensor, f: impl FnOnce(&[f32], (usize, [usize; 3])) -> R) -> Result<R> {
-    let t = match t.stride().last() {
-        Some(1) => t.clone(),
-        _ => t.contiguous()?,
+    let t = match t.stride() {
+        [_, _, _, 1] => t.clone(),
+        [_, _, _, _] => t.contiguous()?,
+        _ => candle_core::bail!("expected a rank-4 tensor, found shape {:?}", t.dims()),
     };
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("expected a CPU tensor, found one on {:?}", t.device())
-    };
-    let st = layout.stride();
-    if st.len() != 4 {
-        candle_core::bail!("expected a rank-4 tensor, found shape {:?}", t.dims());
-    }
-    Ok(f(
-        cpu.as_slice::<f32>()?,
-        (layout.start_offset(), [st[0], st[1], st[2]]),
-    ))
+    with_storage(&t, |values, layout| {
+        let st = layout.stride();
+        f(values, (layout.start_offset(), [st[0], st[1], st[2]]))
+    })
 }

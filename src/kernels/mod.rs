@@ -134,14 +134,31 @@ impl SharedOut {
 /// Calls `f` with the values of a CPU f32 tensor, in row-major order, without copying them out of
 /// the tensor (only a non-contiguous tensor is first made contiguous).
 pub(crate) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    with_values(t, f)
+}
+
+/// [`with_f32_values`] for a CPU tensor of any dtype `T`.
+pub(crate) fn with_values<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
     let t = t.contiguous()?;
+    with_storage(&t, |values, layout| {
+        f(&values[layout.start_offset()..][..t.elem_count()])
+    })
+}
+
+/// Calls `f` with the whole storage of a CPU tensor of dtype `T` and the tensor's layout in it
+/// (offset and strides), so that a strided view is read where it lies.
+pub(crate) fn with_storage<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T], &candle_core::Layout) -> R,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("expected a CPU tensor, found one on {:?}", t.device())
     };
-    Ok(f(
-        &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()]
-    ))
+    Ok(f(cpu.as_slice::<T>()?, layout))
 }
 
 /// Runs `f` on a worker of rayon's global pool, where the matmuls and kernels split their work:

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use crate::kernels::activation::Gelu;
 use crate::kernels::few_rows::skinny_matmul;
 use crate::kernels::gemm_bf16::{self, Epilogue, PackedWeights};
-use crate::kernels::{cpu_bf16_matmul, host_f32, transposed, with_f32_values};
+use crate::kernels::{cpu_bf16_matmul, host_f32, transposed, with_f32_values, with_values};
 use crate::layers::activation::HiddenAct;
 use crate::load::weights::PACK_AS_STORED;
 
@@ -25,24 +25,12 @@ const SKINNY_MAX_ROWS: usize = 32;
 fn pack_bf16(weight: &Tensor, in_out: bool) -> Result<PackedWeights> {
     let (rows, cols) = weight.dims2()?;
     if weight.dtype() == DType::BF16 && !in_out {
-        return with_bf16_values(weight, |w| PackedWeights::from_bf16(w, rows, cols));
+        return with_values(weight, |w| PackedWeights::from_bf16(w, rows, cols));
     }
     with_f32_values(&weight.to_dtype(DType::F32)?, |w| match in_out {
         false => PackedWeights::new(w, rows, cols),
         true => PackedWeights::from_transposed(w, rows, cols),
     })
-}
-
-/// [`with_f32_values`] for a CPU bf16 tensor.
-fn with_bf16_values<R>(t: &Tensor, f: impl FnOnce(&[half::bf16]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("expected a CPU tensor, found one on {:?}", t.device())
-    };
-    Ok(f(
-        &cpu.as_slice::<half::bf16>()?[layout.start_offset()..][..t.elem_count()]
-    ))
 }
 
 /// `vb.get(shape, name)` for a weight that a [`Linear`] may pack for the bf16 kernel: where it
@@ -117,15 +105,14 @@ impl Linear {
             .as_ref()
             .filter(|b| host_f32(b))
             .and_then(|b| b.to_vec1::<f32>().ok());
-        let on_host =
-            host_f32(&weight) || (weight.device().is_cpu() && weight.dtype() == DType::BF16);
+        let host_bf16 = weight.device().is_cpu() && weight.dtype() == DType::BF16;
         let packable = cpu_bf16_matmul()
-            && on_host
+            && (host_f32(&weight) || host_bf16)
             && weight.rank() == 2
             && bias.is_some() == bias_host.is_some();
         let weight = match packable.then(|| pack_bf16(&weight, in_out)) {
             Some(Ok(packed)) => Weight::Bf16(Arc::new(packed)),
-            _ if weight.device().is_cpu() && weight.dtype() == DType::BF16 => Weight::Dense(
+            _ if host_bf16 => Weight::Dense(
                 weight
                     .to_dtype(DType::F32)
                     .expect("candle widens CPU bf16 to f32"),

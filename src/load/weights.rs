@@ -428,6 +428,19 @@ fn place(t: Tensor, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `t`, or an error naming `name` if it is not of shape `s`.
+fn of_shape(t: Tensor, s: Shape, name: &str) -> candle_core::Result<Tensor> {
+    if t.shape() != &s {
+        return Err(candle_core::Error::UnexpectedShape {
+            msg: format!("shape mismatch for {name}"),
+            expected: s,
+            got: t.shape().clone(),
+        }
+        .bt());
+    }
+    Ok(t)
+}
+
 /// The initialisation hint with which a layer asks for a weight it will pack for the CPU's bf16
 /// kernel: candle's `VarBuilder` can only ask for a tensor in one dtype, so glance's backend
 /// reads this hint (a NaN with a payload of its own, which no initialiser uses) as "in bf16 if
@@ -449,28 +462,16 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let stored = match dev.is_cpu() && is_pack_hint(&init) {
-            true => self.load_bf16_as_stored(name)?,
-            false => None,
-        };
-        let as_stored = stored.is_some();
-        let t = match (stored, dev.is_cpu()) {
-            (Some(t), _) => t,
-            (None, true) => self.load_as(name, dtype)?,
-            (None, false) => self.load(name)?,
-        };
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: t.shape().clone(),
+        if dev.is_cpu() && is_pack_hint(&init) {
+            if let Some(t) = self.load_bf16_as_stored(name)? {
+                return of_shape(t, s, name);
             }
-            .bt());
         }
-        match as_stored {
-            true => Ok(t),
-            false => place(t, dtype, dev),
-        }
+        let t = match dev.is_cpu() {
+            true => self.load_as(name, dtype)?,
+            false => self.load(name)?,
+        };
+        place(of_shape(t, s, name)?, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
